@@ -1,0 +1,170 @@
+"""Validated, frozen configuration models loaded from YAML.
+
+Every numerical choice of a run lives in one :class:`Config`. Unknown keys are rejected and
+every error names the offending field, before any expensive work starts.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class CosmologyConfig(_Frozen):
+    """Flat ΛCDM parameters (radiation neglected)."""
+
+    Omega_m: float = Field(0.31, gt=0.0, le=1.0, description="total matter density today")
+    Omega_b: float = Field(0.049, gt=0.0, description="baryon density today")
+    h: float = Field(0.677, gt=0.0, le=2.0, description="H0 / (100 km/s/Mpc)")
+    n_s: float = Field(0.9665, gt=0.0, le=2.0, description="primordial spectral index")
+    sigma8: float = Field(0.81, gt=0.0, description="rms linear density in 8 Mpc/h spheres at a=1")
+    transfer: Literal["eisenstein_hu", "eisenstein_hu_nowiggle", "camb", "class"] = Field(
+        "eisenstein_hu", description="linear transfer function back-end"
+    )
+
+    @model_validator(mode="after")
+    def _baryons_below_matter(self):
+        if self.Omega_b >= self.Omega_m:
+            raise ValueError(f"Omega_b={self.Omega_b} must be smaller than Omega_m={self.Omega_m}")
+        return self
+
+
+class SimulationConfig(_Frozen):
+    """Box, resolution, time stepping and method of one N-body run."""
+
+    box_size: float = Field(128.0, gt=0.0, description="comoving box side [Mpc/h]")
+    n_particles: int = Field(64, ge=2, description="particles per side (N_p)")
+    n_mesh: int = Field(128, ge=2, description="PM mesh cells per side (N_m = B N_p)")
+    a_init: float = Field(0.05, gt=0.0, description="scale factor of the initial conditions")
+    a_final: float = Field(1.0, gt=0.0, description="final scale factor")
+    n_steps: int = Field(20, ge=1, description="number of KDK steps")
+    schedule: Literal["linear", "log"] | list[float] = Field(
+        "linear", description="time-step boundaries: linear or log in a, or an explicit list"
+    )
+    method: Literal["pm", "cola", "coca"] = "cola"
+    pm_factors: Literal["standard", "fastpm"] = Field(
+        "fastpm", description="kick/drift factors of plain PM (COLA always uses standard ones)"
+    )
+    kernel: Literal["fd", "exact"] = Field(
+        "fd", description="force kernel: finite difference (default) or exact (-1/k^2, ik)"
+    )
+    lpt_order: Literal[1, 2] = 2
+    final_kick: bool = Field(True, description="evaluate the force at a_final (final momenta)")
+    snapshots: list[float] = Field(default_factory=list, description="extra output a values")
+    seed: int = Field(42, ge=0)
+    fixed_amplitude: bool = False
+    paired: bool = False
+    threads: int = Field(0, ge=0, description="FFT/numba threads; 0 = all cores")
+
+    @field_validator("schedule")
+    @classmethod
+    def _increasing_list(cls, v):
+        if isinstance(v, list) and any(b <= a for a, b in zip(v, v[1:], strict=False)):
+            raise ValueError("explicit schedule must be strictly increasing in a")
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        if self.n_mesh % self.n_particles:
+            raise ValueError(
+                f"n_mesh={self.n_mesh} is not a multiple of n_particles={self.n_particles}"
+            )
+        if self.a_final <= self.a_init:
+            raise ValueError(f"a_final={self.a_final} must exceed a_init={self.a_init}")
+        if isinstance(self.schedule, list):
+            if len(self.schedule) < 2:
+                raise ValueError("explicit schedule needs at least two boundaries")
+            if abs(self.schedule[0] - self.a_init) > 1e-12 or abs(
+                self.schedule[-1] - self.a_final
+            ) > 1e-12:
+                raise ValueError("explicit schedule must start at a_init and end at a_final")
+        for a in self.snapshots:
+            if not self.a_init < a <= self.a_final:
+                raise ValueError(f"snapshot a={a} outside (a_init, a_final]")
+        return self
+
+
+class PowerConfig(_Frozen):
+    """Power-spectrum binning: linear bins of width dk_factor * k_f up to kmax_factor * k_Nyq."""
+
+    dk_factor: float = Field(1.0, gt=0.0, description="bin width in units of k_f")
+    kmax_factor: float = Field(1.0, gt=0.0, le=1.8, description="kmax in units of particle k_Nyq")
+
+
+class OutputConfig(_Frozen):
+    directory: Path = Path("output")
+    snapshot: bool = True
+    plot: bool = True
+
+
+class Config(_Frozen):
+    name: str = "run"
+    cosmology: CosmologyConfig = CosmologyConfig()
+    simulation: SimulationConfig = SimulationConfig()
+    power: PowerConfig = PowerConfig()
+    output: OutputConfig = OutputConfig()
+
+    def replace(self, **sections) -> Config:
+        """A copy with some sections or fields updated, re-validated.
+
+        ``cfg.replace(simulation={"n_steps": 40})`` merges into the section.
+        """
+        data = self.model_dump()
+        for key, value in sections.items():
+            if isinstance(value, dict) and isinstance(data.get(key), dict):
+                data[key] = {**data[key], **value}
+            else:
+                data[key] = value
+        return Config.model_validate(data)
+
+
+class ConfigError(ValueError):
+    """A configuration file or value that cannot be used; the message names the field."""
+
+
+def _format_validation(err: ValidationError, source: str) -> str:
+    lines = [f"invalid configuration in {source}:"]
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
+        lines.append(f"  {loc}: {msg}")
+    return "\n".join(lines)
+
+
+def config_from_dict(data: dict, source: str = "<dict>") -> Config:
+    try:
+        return Config.model_validate(data or {})
+    except ValidationError as err:
+        raise ConfigError(_format_validation(err, source)) from None
+
+
+def builtin_config_path(name: str) -> Path:
+    """Path of a configuration shipped with the package (``tiny``, ``paper``, ...)."""
+    path = Path(str(resources.files("cocasbi") / "configs" / f"{name}.yaml"))
+    if not path.is_file():
+        raise ConfigError(f"no built-in configuration named {name!r}")
+    return path
+
+
+def load_config(path: str | Path) -> Config:
+    """Load a YAML file (or the name of a built-in config) into a validated :class:`Config`."""
+    path = Path(path)
+    if not path.suffix and not path.exists():
+        path = builtin_config_path(str(path))
+    if not path.is_file():
+        raise ConfigError(f"configuration file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path} is not valid YAML: {err}") from None
+    if data is not None and not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping")
+    return config_from_dict(data, source=str(path))
