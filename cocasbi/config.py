@@ -123,7 +123,7 @@ class Config(_Frozen):
                 data[key] = {**data[key], **value}
             else:
                 data[key] = value
-        return Config.model_validate(data)
+        return config_from_dict(data, source=f"{self.name}.replace()")
 
 
 class ConfigError(ValueError):

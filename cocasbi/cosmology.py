@@ -181,23 +181,21 @@ class Cosmology:
             return _eh98_transfer(k * self.h, self.Omega_m, self.Omega_b, self.h)
         if self.transfer == "eisenstein_hu_nowiggle":
             return _eh98_nowiggle_transfer(k * self.h, self.Omega_m, self.Omega_b, self.h)
-        if self.transfer in ("camb", "class"):
-            ktab, ptab = self._boltzmann_table
-            t2 = np.exp(np.interp(np.log(k), np.log(ktab), np.log(ptab))) / k**self.n_s
-            return np.sqrt(t2 / t2.flat[0] if t2.size else t2)
-        raise ValueError(f"unknown transfer back-end {self.transfer!r}")
+        raise ValueError(
+            f"transfer back-end {self.transfer!r} has no fitting formula: use linear_power")
 
     @cached_property
     def _boltzmann_table(self):
-        from cocasbi import boltzmann
+        from cocasbi.boltzmann import linear_power_table
 
-        return boltzmann.linear_power_table(self)
+        return linear_power_table(self)
 
     def _power_unnormalised(self, k):
         k = np.asarray(k, dtype=np.float64)
         if self.transfer in ("camb", "class"):
-            ktab, ptab = self._boltzmann_table
-            return np.exp(np.interp(np.log(k), np.log(ktab), np.log(ptab)))
+            from cocasbi.boltzmann import interpolate_power
+
+            return interpolate_power(k, *self._boltzmann_table)
         return k**self.n_s * self.transfer_function(k) ** 2
 
     @cached_property

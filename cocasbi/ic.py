@@ -94,7 +94,7 @@ def lpt_fields(delta_k, box_size: float, n_mesh: int, order: int = 2) -> LPTFiel
     kvec = (kx, ky, kz)
 
     def to_real(modes):
-        return np.fft.irfftn(modes, s=(n, n, n))
+        return np.fft.irfftn(modes, s=(n, n, n), axes=(0, 1, 2))
 
     psi1 = np.stack([to_real(-1j * kvec[i] * phi1) for i in range(3)], axis=-1)
     if order == 1:

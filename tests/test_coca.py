@@ -1,0 +1,119 @@
+"""COCA invariants (physics brief): frames plug into the COLA loop without changing physics."""
+
+import numpy as np
+import pytest
+
+from cocasbi.config import load_config
+from cocasbi.nbody import OracleFrame, ResidualRecorder
+from cocasbi.simulation import simulate
+
+CFG = load_config("tiny").replace(simulation={"n_steps": 6})
+COCA = CFG.replace(simulation={"method": "coca"})
+
+
+@pytest.fixture(scope="module")
+def cola():
+    recorder = ResidualRecorder()
+    res = simulate(CFG, observers=[recorder])
+    return res, recorder.frame()
+
+
+def _rms(a, b):
+    return float(np.sqrt(np.mean(np.sum((a - b) ** 2, axis=1))))
+
+
+def test_recorder_covers_every_query_time(cola):
+    res, oracle = cola
+    np.testing.assert_array_equal(oracle.times, res.schedule.query_times())
+    assert not oracle.momenta[0].any()  # COLA residual starts at zero
+
+
+def test_zero_frame_with_all_forces_is_cola_bit_for_bit(cola):
+    res, oracle = cola
+    zero = oracle.scaled(0.0)
+    coca = simulate(COCA, frame=zero, lpt=res.lpt)
+    np.testing.assert_array_equal(coca.final.positions, res.final.positions)
+    np.testing.assert_array_equal(coca.final.momenta, res.final.momenta)
+    assert coca.n_force_evaluations == res.n_force_evaluations
+
+
+def test_oracle_frame_without_forces_reproduces_cola_bit_for_bit(cola):
+    res, oracle = cola
+    coca = simulate(COCA, frame=oracle, forces="none", lpt=res.lpt)
+    assert coca.n_force_evaluations == 0
+    np.testing.assert_array_equal(coca.final.positions, res.final.positions)
+    np.testing.assert_array_equal(coca.final.momenta, res.final.momenta)
+
+
+@pytest.mark.parametrize("forces", ["even:3", "last:2", "first:1", "all"])
+def test_oracle_frame_with_any_forces_reproduces_cola_to_round_off(cola, forces):
+    res, oracle = cola
+    coca = simulate(COCA, frame=oracle, forces=forces, lpt=res.lpt)
+    assert _rms(coca.final.positions, res.final.positions) < 1e-9
+    np.testing.assert_allclose(coca.final.momenta, res.final.momenta, atol=1e-8)
+
+
+def test_any_frame_with_all_forces_equals_cola(cola):
+    res, oracle = cola
+    rng = np.random.default_rng(1)
+    noise = rng.normal(0, 5.0, oracle.momenta.shape[1:])  # time-coherent, big
+    wrong = OracleFrame(oracle.times, oracle.momenta * 0.3 + noise[None] * oracle.times[:, None,
+                                                                                       None])
+    coca = simulate(COCA, frame=wrong, lpt=res.lpt)
+    assert _rms(coca.final.positions, res.final.positions) < 1e-9
+
+
+@pytest.mark.parametrize("kind", ["half", "noisy"])
+def test_wrong_frame_is_corrected_as_forces_are_added(cola, kind):
+    res, oracle = cola
+    if kind == "half":
+        frame = oracle.scaled(0.5)
+    else:
+        noise = np.random.default_rng(2).normal(0, 3.0, oracle.momenta.shape[1:])
+        frame = OracleFrame(oracle.times, oracle.momenta + noise[None] * oracle.times[:, None,
+                                                                                     None])
+    errors = [_rms(simulate(COCA, frame=frame, forces=f, lpt=res.lpt).final.positions,
+                   res.final.positions) for f in ("none", "every:3", "every:2", "all")]
+    assert errors[0] > errors[1] > errors[2] > errors[3], errors
+    assert errors[0] > 0.1 and errors[3] < 1e-9, errors
+
+
+def test_frame_start_momentum_is_minus_p_ml(cola):
+    # A frame carrying p_ML(a0) != 0: COCA must start from p_c = −p_ML(a0) (p = p_LPT exactly).
+    res, oracle = cola
+    offset = np.random.default_rng(3).normal(0, 1.0, oracle.momenta.shape[1:])
+    shifted = OracleFrame(oracle.times, oracle.momenta + offset[None])
+    coca = simulate(COCA, frame=shifted, lpt=res.lpt)  # all forces: frame telescopes out
+    assert _rms(coca.final.positions, res.final.positions) < 1e-9
+
+
+def test_coca_converges_with_steps_like_cola():
+    ref = simulate(CFG.replace(simulation={"n_steps": 60}))
+    errs = []
+    for steps in (5, 10, 20):
+        cfg = CFG.replace(simulation={"n_steps": steps})
+        rec = ResidualRecorder()
+        base = simulate(cfg, observers=[rec], lpt=ref.lpt)
+        frame = rec.frame().scaled(0.5)  # a poor frame, forces everywhere
+        coca = simulate(cfg.replace(simulation={"method": "coca"}), frame=frame, lpt=ref.lpt)
+        assert _rms(coca.final.positions, base.final.positions) < 1e-9
+        errs.append(_rms(coca.final.positions, ref.final.positions))
+    assert errs[0] > errs[1] > errs[2], errs
+
+
+def test_coca_is_deterministic(cola):
+    res, oracle = cola
+    runs = [simulate(COCA, frame=oracle.scaled(0.7), forces="even:3", lpt=res.lpt).final
+            for _ in range(2)]
+    np.testing.assert_array_equal(runs[0].positions, runs[1].positions)
+    np.testing.assert_array_equal(runs[0].momenta, runs[1].momenta)
+
+
+def test_frame_method_mismatch_is_an_error(cola):
+    res, oracle = cola
+    with pytest.raises(ValueError, match="needs a frame"):
+        simulate(COCA)
+    with pytest.raises(ValueError, match="only used by method 'coca'"):
+        simulate(CFG, frame=oracle)
+    with pytest.raises(ValueError, match="cannot skip forces"):
+        simulate(CFG.replace(simulation={"method": "pm"}), forces="none")
