@@ -55,6 +55,8 @@ def main():
     for method, factors in RUNS:
         ax.loglog(STEPS, [table[method, factors, s][0] for s in STEPS], "o-",
                   label=f"{method.upper()} ({factors})")
+    ax.set_xticks(STEPS, [str(s) for s in STEPS])
+    ax.minorticks_off()
     ax.set_xlabel("number of steps")
     ax.set_ylabel(f"rms position error vs PM-{args.n_ref} [Mpc/h]")
     ax.set_title(r"$32^3$ particles, $64^3$ mesh, $L=128\,h^{-1}$Mpc")
