@@ -78,7 +78,8 @@ def force_schedule(spec, n_steps: int, final_kick: bool = True) -> np.ndarray:
     """Boolean mask over the n+1 boundaries saying where forces are evaluated.
 
     spec: ``"all"``, ``"none"``, ``"last:K"``, ``"first:K"``, ``"even:K"`` (K boundaries evenly
-    spaced over the run), ``"every:M"`` (every M-th boundary), or a sequence of boundary indices.
+    spaced over the run), ``"every:M"`` (every M-th boundary), a sequence of boundary indices,
+    or a boolean mask of length n + 1 (returned as is).
     With ``final_kick=False`` the force at a_n (which only changes the final momenta) is never
     evaluated in the ``all`` schedule.
     """
@@ -113,6 +114,10 @@ def force_schedule(spec, n_steps: int, final_kick: bool = True) -> np.ndarray:
                 f"unknown force schedule {spec!r}: use all, none, last:K, first:K, even:K, "
                 "every:M or a list of boundary indices"
             )
+    elif np.asarray(spec).dtype == bool:
+        mask = np.asarray(spec)
+        if mask.shape != (nb,):
+            raise ValueError(f"force schedule mask has {mask.size} entries for {nb} boundaries")
     else:
         idx = np.asarray(spec, dtype=int)
         if idx.size and (idx.min() < -nb or idx.max() >= nb):

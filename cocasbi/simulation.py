@@ -42,7 +42,8 @@ class SimulationResult:
     final: Snapshot
     snapshots: dict[float, Snapshot] = field(default_factory=dict)
     n_force_evaluations: int = 0
-    wall_time: float = 0.0
+    wall_time: float = 0.0  # [s], everything: ICs, frame model, stepping
+    frame_seconds: float = 0.0  # [s] spent evaluating a frame emulator (part of wall_time)
 
 
 class _SnapshotTaker:
@@ -70,7 +71,8 @@ def simulate(cfg: Config, seed=None, frame: Frame | None = None, forces="all",
              lpt: LPTFields | None = None) -> SimulationResult:
     """Run one simulation of ``cfg`` (method, schedule and seed from the config).
 
-    seed: overrides ``cfg.simulation.seed``; frame: a COCA frame (method ``coca``);
+    seed: overrides ``cfg.simulation.seed``; frame: a COCA frame (method ``coca``), or a
+    frame emulator (:func:`cocasbi.frame.load_frame`), bound here to this run's ICs;
     forces: force schedule spec or boolean mask (see :func:`cocasbi.nbody.force_schedule`);
     observers: callables ``(event, a, stepper)``; solver / lpt: reuse a force solver or
     precomputed LPT fields.
@@ -80,10 +82,13 @@ def simulate(cfg: Config, seed=None, frame: Frame | None = None, forces="all",
     seed = sim.seed if seed is None else seed
     cosmo = Cosmology.from_config(cfg.cosmology)
     schedule = TimeSchedule.from_config(sim)
-    mask = (force_schedule(forces, schedule.n_steps, sim.final_kick)
-            if isinstance(forces, str) else forces)
+    mask = force_schedule(forces, schedule.n_steps, sim.final_kick)
     if lpt is None:
         lpt = initial_conditions(cfg, cosmo, seed)
+    t_frame = time.perf_counter()
+    if hasattr(frame, "bind"):  # a trained frame emulator: one model evaluation for this run
+        frame = frame.bind(lpt, cosmo, sim.box_size)
+    t_frame = time.perf_counter() - t_frame
     if solver is None:
         solver = ForceSolver(sim.n_mesh, sim.box_size, cosmo.Omega_m, sim.kernel, sim.threads)
     snaps = _SnapshotTaker(sim.snapshots)
@@ -101,5 +106,5 @@ def simulate(cfg: Config, seed=None, frame: Frame | None = None, forces="all",
         config=cfg, seed=int(seed) if np.isscalar(seed) else -1, cosmology=cosmo, lpt=lpt,
         schedule=schedule, final=final, snapshots=snaps.taken,
         n_force_evaluations=stepper.n_force_evaluations,
-        wall_time=time.perf_counter() - t0,
+        wall_time=time.perf_counter() - t0, frame_seconds=t_frame,
     )

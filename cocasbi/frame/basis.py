@@ -1,0 +1,137 @@
+"""Time basis of the COLA residual momentum, so that one model evaluation serves a whole run.
+
+Over a training set the residual p_res(q, a) = p − p_LPT [Mpc/h] is, to a good approximation,
+separable in a few terms:
+
+    p_res(q, a) ≈ Σ_{k<K} b_k(a) c_k(q).
+
+The time functions b_k are the leading left singular vectors of the matrix
+M[t, (sim, q, component)] of all stored residuals at the query times t (computed from the
+n_t × n_t Gram matrix M Mᵀ accumulated one file at a time, so memory stays one simulation).
+They are orthonormal over the query times, hence c_k(q) = Σ_t b_k(t) p_res(q, t) and a model
+only has to predict the K coefficient fields c_k once per simulation.
+
+b_k is stored at the query times of the training schedule. Other times are reached by a cubic
+spline whose abscissa is the growth factor D1(a) of the simulated cosmology (the residual is a
+smooth function of D1; at the stored times the stored values are returned exactly).
+All arrays are float64.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from scipy.interpolate import CubicSpline
+
+from cocasbi.cosmology import Cosmology
+from cocasbi.frame.data import iter_samples
+
+
+@dataclass(frozen=True)
+class TimeBasis:
+    """K orthonormal time functions b_k at the training query times.
+
+    times: (n_t,) scale factors; functions: (K, n_t) dimensionless; eigenvalues: (n_t,) the
+    Gram eigenvalues over the training set (sum of squared residuals captured per mode,
+    [Mpc/h]²), used to report the captured fraction.
+    """
+
+    times: np.ndarray
+    functions: np.ndarray
+    eigenvalues: np.ndarray
+
+    @property
+    def K(self) -> int:
+        return self.functions.shape[0]
+
+    def truncated(self, K: int) -> TimeBasis:
+        if not 1 <= K <= len(self.times):
+            raise ValueError(f"K={K} outside 1..{len(self.times)}")
+        return TimeBasis(self.times, self.functions[:K], self.eigenvalues)
+
+    def captured_fraction(self) -> np.ndarray:
+        """Cumulative fraction of Σ|p_res|² (all times, all training sims) captured by K modes."""
+        ev = np.clip(self.eigenvalues, 0, None)
+        return np.cumsum(ev) / ev.sum()
+
+    def project(self, residual: np.ndarray) -> np.ndarray:
+        """Coefficient fields c_k = Σ_t b_k(t) p_res(t): (n_t, ...) → (K, ...)."""
+        r = np.asarray(residual, dtype=np.float64)
+        if r.shape[0] != len(self.times):
+            raise ValueError(f"residual has {r.shape[0]} times, basis {len(self.times)}")
+        return np.tensordot(self.functions, r, axes=(1, 0))
+
+    def values(self, a, cosmo: Cosmology | None = None) -> np.ndarray:
+        """b_k(a) for scalar or array a → (K,) or (K, len(a)).
+
+        At a stored time the stored value is returned exactly; elsewhere a cubic spline in
+        D1(a) of ``cosmo`` (default: the fiducial Cosmology()).
+        """
+        a_arr = np.atleast_1d(np.asarray(a, dtype=np.float64))
+        out = np.empty((self.K, a_arr.size))
+        idx = np.searchsorted(self.times, a_arr).clip(0, len(self.times) - 1)
+        idx_lo = (idx - 1).clip(0)
+        exact = np.where(np.abs(self.times[idx] - a_arr) <= 1e-12 * a_arr, idx,
+                         np.where(np.abs(self.times[idx_lo] - a_arr) <= 1e-12 * a_arr, idx_lo, -1))
+        hit = exact >= 0
+        out[:, hit] = self.functions[:, exact[hit]]
+        if (~hit).any():
+            cosmo = cosmo or Cosmology()
+            spline = CubicSpline(cosmo.D1(self.times), self.functions, axis=1)
+            out[:, ~hit] = spline(cosmo.D1(a_arr[~hit]))
+        return out[:, 0] if np.ndim(a) == 0 else out
+
+    def to_dict(self) -> dict[str, np.ndarray]:
+        return {"basis_times": self.times, "basis_functions": self.functions,
+                "basis_eigenvalues": self.eigenvalues}
+
+    @classmethod
+    def from_dict(cls, d) -> TimeBasis:
+        return cls(np.asarray(d["basis_times"], dtype=np.float64),
+                   np.asarray(d["basis_functions"], dtype=np.float64),
+                   np.asarray(d["basis_eigenvalues"], dtype=np.float64))
+
+
+def fit_time_basis(paths: Sequence[Path], K: int | None = None) -> TimeBasis:
+    """SVD time basis of the stored residuals of ``paths`` (all must share the query times).
+
+    K: number of functions kept (default: all n_t).
+    """
+    gram, times = None, None
+    for s in iter_samples(paths):
+        m = s.residual.reshape(len(s.times), -1).astype(np.float64)
+        if times is None:
+            times, gram = s.times, np.zeros((len(s.times), len(s.times)))
+        elif len(s.times) != len(times) or not np.allclose(s.times, times, rtol=1e-12):
+            raise ValueError(f"{s.path}: query times differ from the first file's")
+        gram += m @ m.T
+    if gram is None:
+        raise ValueError("no training files")
+    ev, vec = np.linalg.eigh(gram)
+    order = np.argsort(ev)[::-1]
+    ev, vec = ev[order], vec[:, order].T  # rows = time functions
+    # sign convention: the function is positive where it is largest in magnitude at late times
+    for k in range(len(vec)):
+        if vec[k, -1] < 0:
+            vec[k] = -vec[k]
+    basis = TimeBasis(np.asarray(times, dtype=np.float64), vec, ev)
+    return basis.truncated(K) if K else basis
+
+
+def truncation_error(basis: TimeBasis, residual: np.ndarray, K_values: Sequence[int]) -> dict:
+    """Relative error of the K-term reconstruction of one simulation's residual.
+
+    Returns {K: (all-times rms error / rms residual, error at the last time / rms there)}.
+    """
+    r = np.asarray(residual, dtype=np.float64).reshape(len(basis.times), -1)
+    out = {}
+    for K in K_values:
+        b = basis.functions[:K]
+        rec = b.T @ (b @ r)
+        err = rec - r
+        out[K] = (float(np.sqrt((err**2).sum() / (r**2).sum())),
+                  float(np.sqrt((err[-1] ** 2).sum() / (r[-1] ** 2).sum())))
+    return out

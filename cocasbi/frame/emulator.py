@@ -1,0 +1,136 @@
+"""The COCA frame built from a trained model: one model evaluation per simulation.
+
+A :class:`FrameEmulator` (loaded with :func:`load_frame`) holds a time basis b_k(a) and a model
+(transfer functions or a styled V-net) that maps the simulation's LPT fields and cosmology to K
+coefficient fields c_k(q). Binding it to one simulation evaluates the model **once** and gives
+an :class:`EmulatedFrame`, which satisfies the :class:`cocasbi.nbody.Frame` protocol:
+
+    p_ML(q, a) = Σ_k b_k(a) c_k(q)   [Mpc/h], (N³, 3) float64 in lattice order.
+
+Usage::
+
+    emu = load_frame("frame_tiny.npz")
+    simulate(cfg.replace(simulation={"method": "coca"}), seed, frame=emu, forces="even:2")
+
+(``simulate`` binds the emulator to the run's ICs; ``result.frame_seconds`` is the model time).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+
+from cocasbi.cosmology import Cosmology
+from cocasbi.frame.basis import TimeBasis
+from cocasbi.frame.transfer import TransferModel
+from cocasbi.ic import LPTFields
+
+FRAME_FORMAT = 1
+
+
+def cosmology_dict(cosmo: Cosmology | dict) -> dict[str, float]:
+    if isinstance(cosmo, dict):
+        return {k: float(v) for k, v in cosmo.items()}
+    return {k: float(getattr(cosmo, k)) for k in ("Omega_m", "Omega_b", "h", "n_s", "sigma8")}
+
+
+@dataclass
+class EmulatedFrame:
+    """A frame for one simulation: coefficient fields c_k (K, N³, 3) float64 [Mpc/h] and the
+    time basis. ``residual_momentum(a)`` is a K-term sum (cached per a)."""
+
+    basis: TimeBasis
+    coeffs: np.ndarray
+    cosmo: Cosmology
+    model_seconds: float = 0.0
+    _cache: dict = field(default_factory=dict, repr=False)
+
+    def residual_momentum(self, a: float) -> np.ndarray:
+        key = float(a)
+        out = self._cache.get(key)
+        if out is None:
+            b = self.basis.values(key, self.cosmo)
+            out = np.tensordot(b, self.coeffs, axes=(0, 0))
+            self._cache[key] = out
+        return out
+
+
+@dataclass
+class FrameEmulator:
+    """A trained frame model (unbound). ``kind``: ``transfer`` or ``vnet``; ``model`` has
+    ``predict(psi1, psi2, box_size, cosmology_dict) -> (K, N³, 3)``; ``meta``: provenance."""
+
+    kind: str
+    basis: TimeBasis
+    model: object
+    meta: dict = field(default_factory=dict)
+    n_evaluations: int = 0
+
+    @property
+    def K(self) -> int:
+        return self.basis.K
+
+    def coefficients(self, lpt: LPTFields, cosmo: Cosmology | dict,
+                     box_size: float) -> np.ndarray:
+        """One model evaluation: c_k (K, N³, 3) float64 [Mpc/h]."""
+        self.n_evaluations += 1
+        c = self.model.predict(lpt.psi1, lpt.psi2, box_size, cosmology_dict(cosmo))
+        return np.asarray(c, dtype=np.float64)
+
+    def bind(self, lpt: LPTFields, cosmo: Cosmology, box_size: float) -> EmulatedFrame:
+        """The frame of one simulation (evaluates the model once)."""
+        t0 = time.perf_counter()
+        coeffs = self.coefficients(lpt, cosmo, box_size)
+        if not isinstance(cosmo, Cosmology):
+            cosmo = Cosmology(**cosmology_dict(cosmo))
+        return EmulatedFrame(self.basis, coeffs, cosmo, time.perf_counter() - t0)
+
+    def save(self, path: str | Path) -> Path:
+        """Transfer models → ``.npz`` (no torch needed); V-nets → torch checkpoint."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if self.kind == "transfer":
+            arrays = {**self.basis.to_dict(), **self.model.to_dict()}
+            meta = {"format": FRAME_FORMAT, "kind": "transfer", **self.meta}
+            tmp = path.with_name(f".{path.name}.tmp.npz")
+            np.savez_compressed(tmp, meta_json=np.array(json.dumps(meta)), **arrays)
+            tmp.replace(path)
+            return path
+        if self.kind == "vnet":
+            from cocasbi.frame.neural import save_vnet_frame
+
+            return save_vnet_frame(path, self)
+        raise ValueError(f"unknown frame kind {self.kind!r}")
+
+
+def load_frame(path: str | Path, device: str = "cpu") -> FrameEmulator:
+    """Load a frame saved by :meth:`FrameEmulator.save` (``.npz`` = transfer model; a V-net
+    runs on ``device``, CPU by default).
+
+    ``path`` may also be ``"tiny"``: the pre-trained frame shipped for ``tiny.yaml``.
+    """
+    if str(path) == "tiny":
+        path = shipped_frame_path("tiny")
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"frame file not found: {path}")
+    if path.suffix == ".npz":
+        with np.load(path, allow_pickle=False) as d:
+            meta = json.loads(str(d["meta_json"]))
+            if meta.get("kind") != "transfer":
+                raise ValueError(f"{path}: not a transfer frame")
+            return FrameEmulator("transfer", TimeBasis.from_dict(d), TransferModel.from_dict(d),
+                                 meta)
+    from cocasbi.frame.neural import load_vnet_frame
+
+    return load_vnet_frame(path, device)
+
+
+def shipped_frame_path(name: str = "tiny") -> Path:
+    """Path of a pre-trained frame shipped in ``cocasbi/data``."""
+    return Path(str(resources.files("cocasbi") / "data" / f"frame_{name}.npz"))
