@@ -1,0 +1,249 @@
+"""The stochastic forward model: (θ, seed) → summary vector x, the object inference calls.
+
+A :class:`ForwardModel` is configured once (simulation config, method, COCA frame, force
+schedule, summaries, k range, which cosmological parameters vary) and then called as
+``model(theta, seed)``. The seed fixes the initial phases, so (θ, seed) → x is deterministic
+and seeds carry the cosmic variance. The summary layout is documented by ``model.names`` and
+``model.k``:
+
+* ``log_pk``: natural log of the particle power spectrum P(k) [(Mpc/h)^3] at a_final, CIC
+  compensated, shot noise included, in linear bins of width ``dk`` from ``kmin`` up to
+  ``kmax`` (defaults: ``dk = power.dk_factor · k_f``, ``kmin = k_f/2``,
+  ``kmax = power.kmax_factor · k_Nyq`` with k_Nyq = π N_p / L the particle Nyquist wavenumber),
+  measured on the PM mesh (N_m³). Empty bins are left out. Names are ``log_pk[k=0.0982]``.
+* ``pk``: the same bins, P(k) itself [(Mpc/h)^3]; names ``pk[k=0.0982]``.
+
+Further summaries (the bispectrum, once it exists) extend :data:`SUMMARIES` and
+:meth:`ForwardModel.summarize`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from functools import cached_property
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from cocasbi import __version__
+from cocasbi.config import Config, CosmologyConfig, config_from_dict, load_config
+from cocasbi.cosmology import Cosmology
+from cocasbi.ic import lagrangian_grid
+from cocasbi.nbody import TimeSchedule, force_schedule
+from cocasbi.simulation import SimulationResult, initial_conditions, simulate
+from cocasbi.stats.power import power_spectrum
+
+#: Cosmological parameters a forward model can vary (fields of :class:`CosmologyConfig`).
+COSMOLOGY_PARAMETERS = tuple(
+    name for name, f in CosmologyConfig.model_fields.items() if f.annotation is float)
+
+#: Summary name → transform of the binned P(k) [(Mpc/h)^3] into that summary's block.
+SUMMARIES: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "log_pk": np.log,
+    "pk": np.asarray,
+}
+
+
+class ForwardSpec(BaseModel):
+    """What a campaign config says about its forward model (see :class:`ForwardModel`)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    config: str | dict = Field("tiny", description="built-in name, YAML path or inline mapping")
+    method: Literal["pm", "cola", "coca"] | None = None
+    frame: str | None = Field(None, description="path of a COCA frame (method coca)")
+    forces: str = Field("all", description="force schedule: all, last:K, every:M, ...")
+    parameters: tuple[str, ...] = ("Omega_m", "sigma8")
+    summaries: tuple[str, ...] = ("log_pk",)
+    kmin: float | None = Field(None, gt=0, description="[h/Mpc]")
+    kmax: float | None = Field(None, gt=0, description="[h/Mpc]")
+    dk: float | None = Field(None, gt=0, description="[h/Mpc]")
+
+    def simulation_config(self) -> Config:
+        """The simulation :class:`Config` this spec names or holds inline."""
+        if isinstance(self.config, dict):
+            return config_from_dict(self.config, source="forward.config")
+        return load_config(self.config)
+
+
+def default_frame_loader(path: Path):
+    """Load a COCA frame emulator with :func:`cocasbi.frame.load_frame`."""
+    from cocasbi.frame import load_frame
+
+    return load_frame(path)
+
+
+class ForwardModel:
+    """θ, seed → float32 summary vector x; deterministic for a given (θ, seed).
+
+    Parameters
+    ----------
+    config : Config
+        Simulation configuration (box, resolution, steps, fixed cosmology).
+    method : ``"pm"`` | ``"cola"`` | ``"coca"``, optional
+        Overrides ``config.simulation.method``.
+    frame : object, path or None
+        COCA frame: a frame emulator (``bind(lpt, cosmo, box_size)`` → frame, bound to each
+        simulation), a fixed frame (``residual_momentum(a)``, used as is), or a file path
+        loaded lazily, once per process, by ``frame_loader``.
+    frame_loader : callable, optional
+        ``path -> frame``; default :func:`default_frame_loader` (``cocasbi.frame.load_frame``,
+        which also accepts ``"tiny"`` for the shipped frame).
+    forces : str
+        Force schedule spec (:func:`cocasbi.nbody.force_schedule`).
+    parameters : sequence of str
+        Names of θ's entries, in order, from :data:`COSMOLOGY_PARAMETERS`; the others keep
+        their values in ``config``.
+    summaries : sequence of str
+        Summary blocks, concatenated in order, from :data:`SUMMARIES`.
+    kmin, kmax, dk : float, optional
+        Power-spectrum bins [h/Mpc] (defaults in the module docstring).
+    threads : int, optional
+        FFT and numba threads per simulation; overrides ``config.simulation.threads``.
+    """
+
+    def __init__(self, config: Config, *, method: str | None = None, frame=None,
+                 frame_loader: Callable | None = None, forces: str = "all",
+                 parameters: Sequence[str] = ("Omega_m", "sigma8"),
+                 summaries: Sequence[str] = ("log_pk",), kmin: float | None = None,
+                 kmax: float | None = None, dk: float | None = None,
+                 threads: int | None = None):
+        sim_update = {}
+        if method is not None:
+            sim_update["method"] = method
+        if threads is not None:
+            sim_update["threads"] = threads
+        self.config = config.replace(simulation=sim_update) if sim_update else config
+        self.parameters = tuple(parameters)
+        self.summaries = tuple(summaries)
+        for name in self.parameters:
+            if name not in COSMOLOGY_PARAMETERS:
+                raise ValueError(f"unknown parameter {name!r}; choose from {COSMOLOGY_PARAMETERS}")
+        if len(set(self.parameters)) != len(self.parameters):
+            raise ValueError(f"repeated parameter in {self.parameters}")
+        for name in self.summaries:
+            if name not in SUMMARIES:
+                raise ValueError(f"unknown summary {name!r}; choose from {tuple(SUMMARIES)}")
+        sim = self.config.simulation
+        if sim.method == "coca" and frame is None:
+            raise ValueError("method 'coca' needs a frame")
+        if sim.method != "coca" and frame is not None:
+            raise ValueError(f"a frame is only used by method 'coca', not {sim.method!r}")
+        self.forces = forces
+        self.force_mask = force_schedule(forces, TimeSchedule.from_config(sim).n_steps,
+                                         sim.final_kick)
+        kf, k_nyq = 2 * np.pi / sim.box_size, np.pi * sim.n_particles / sim.box_size
+        self.dk = self.config.power.dk_factor * kf if dk is None else float(dk)
+        self.kmin = 0.5 * kf if kmin is None else float(kmin)
+        self.kmax = self.config.power.kmax_factor * k_nyq if kmax is None else float(kmax)
+        self._frame_source = frame
+        self._frame_loader = frame_loader or default_frame_loader
+        self._frame = None if isinstance(frame, str | os.PathLike) else frame
+
+    @classmethod
+    def from_spec(cls, spec: ForwardSpec, threads: int | None = None) -> ForwardModel:
+        """Build from a campaign's ``forward`` section."""
+        return cls(spec.simulation_config(), method=spec.method, frame=spec.frame,
+                   forces=spec.forces, parameters=spec.parameters, summaries=spec.summaries,
+                   kmin=spec.kmin, kmax=spec.kmax, dk=spec.dk, threads=threads)
+
+    # -- pickling: a frame loaded from a path is reloaded in each process, not shipped
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        if isinstance(self._frame_source, str | os.PathLike):
+            state["_frame"] = None
+        return state
+
+    @property
+    def frame(self):
+        """The COCA frame (loaded on first use when given as a path), or None."""
+        if self._frame is None and self._frame_source is not None:
+            self._frame = self._frame_loader(Path(self._frame_source))
+        return self._frame
+
+    # -- layout
+    @cached_property
+    def _bins(self):
+        """(k [h/Mpc], kept-bin mask) of the P(k) binning, probed on the particle lattice."""
+        sim = self.config.simulation
+        q = lagrangian_grid(sim.n_particles, sim.box_size, sim.n_mesh)
+        ps = power_spectrum(q, sim.box_size, n_mesh=sim.n_mesh, dk=self.dk, kmin=self.kmin,
+                            kmax=self.kmax, threads=sim.threads)
+        keep = ps.n_modes > 0
+        return ps.k[keep], keep
+
+    @property
+    def k(self) -> np.ndarray:
+        """Wavenumber [h/Mpc] of each entry of x (mean |k| of its bin's modes)."""
+        k, _ = self._bins
+        return np.tile(k, len(self.summaries))
+
+    @property
+    def names(self) -> list[str]:
+        """Label of each entry of x, e.g. ``log_pk[k=0.0982]``."""
+        k, _ = self._bins
+        return [f"{s}[k={kk:.4f}]" for s in self.summaries for kk in k]
+
+    @property
+    def n_force_evaluations(self) -> int:
+        """Force evaluations per simulation (from the force schedule)."""
+        return int(self.force_mask.sum())
+
+    def provenance(self) -> dict:
+        """JSON-serialisable description of the model, for campaign files."""
+        return {
+            "model": "cocasbi.forward.ForwardModel",
+            "cocasbi_version": __version__,
+            "config": self.config.model_dump(mode="json"),
+            "frame": None if self._frame_source is None else str(self._frame_source),
+            "forces": self.forces,
+            "n_force_evaluations": self.n_force_evaluations,
+            "parameters": list(self.parameters),
+            "summaries": list(self.summaries),
+            "dk": self.dk, "kmin": self.kmin, "kmax": self.kmax,
+        }
+
+    # -- evaluation
+    def config_for(self, theta) -> Config:
+        """The simulation config with θ's parameters set (raises ValueError if invalid)."""
+        theta = np.asarray(theta, dtype=np.float64).reshape(-1)
+        if theta.size != len(self.parameters):
+            raise ValueError(f"θ has {theta.size} entries, expected {len(self.parameters)} "
+                             f"({', '.join(self.parameters)})")
+        try:
+            return self.config.replace(
+                cosmology=dict(zip(self.parameters, map(float, theta), strict=True)))
+        except ValueError as err:  # pydantic's ValidationError or cocasbi's ConfigError
+            raise ValueError(f"θ = {theta.tolist()} is not a valid cosmology: {err}") from None
+
+    def simulate(self, theta, seed) -> SimulationResult:
+        """Run the simulation for θ; ``seed`` (int or SeedSequence) fixes the initial phases.
+
+        A frame emulator (an object with ``bind(lpt, cosmo, box_size)``) is bound to this
+        simulation's initial conditions first; any other frame is used as is.
+        """
+        cfg = self.config_for(theta)
+        frame = self.frame
+        if not hasattr(frame, "bind"):
+            return simulate(cfg, seed=seed, frame=frame, forces=self.force_mask)
+        cosmo = Cosmology.from_config(cfg.cosmology)
+        lpt = initial_conditions(cfg, cosmo, seed)
+        return simulate(cfg, seed=seed, frame=frame.bind(lpt, cosmo, cfg.simulation.box_size),
+                        forces=self.force_mask, lpt=lpt)
+
+    def summarize(self, positions) -> np.ndarray:
+        """Summary vector (float32) of final particle positions (N, 3) [Mpc/h]."""
+        sim = self.config.simulation
+        ps = power_spectrum(positions, sim.box_size, n_mesh=sim.n_mesh, dk=self.dk,
+                            kmin=self.kmin, kmax=self.kmax, threads=sim.threads)
+        _, keep = self._bins
+        return np.concatenate([SUMMARIES[s](ps.power[keep]) for s in self.summaries]).astype(
+            np.float32)
+
+    def __call__(self, theta, seed) -> np.ndarray:
+        """x for (θ, seed): float32, laid out as :attr:`names`; may hold non-finite values
+        when the simulation produced an empty or negative bin (callers decide what to do)."""
+        return self.summarize(self.simulate(theta, seed).final.positions)
