@@ -218,6 +218,8 @@ def train(
     lr_schedule: str = "cosine",
     schedule_epochs: int | None = None,
     weight_decay: float = 0.0,
+    grad_clip: float | None = None,
+    best_path: str | os.PathLike | None = None,
 ) -> dict[str, list[float]]:
     """Train ``model`` with Adam on the MSE between ``model(input, style)`` and the target.
 
@@ -257,6 +259,13 @@ def train(
     schedule_epochs:
         Length of the cosine schedule; defaults to ``epochs``. Give it explicitly to stop a
         run early and resume it later on the same schedule.
+    grad_clip:
+        Clip the global gradient norm to this value before each Adam step (``None``: no
+        clipping). Guards against the loss spikes Adam takes on modulated convolutions.
+    best_path:
+        If given, the model with the lowest validation loss so far is written there with
+        :func:`save_model` (extra: ``epoch``, ``val_loss``) whenever it improves; the best
+        value is kept in the checkpoint, so resumed runs continue the comparison.
 
     Returns
     -------
@@ -279,6 +288,8 @@ def train(
         schedule_epochs=schedule_epochs,
         weight_decay=weight_decay,
     )
+    if grad_clip is not None:  # only recorded when used: older checkpoints still resume
+        settings["grad_clip"] = float(grad_clip)
     spec = _model_spec(model)
 
     model.to(dev)
@@ -293,6 +304,7 @@ def train(
     generator = torch.Generator().manual_seed(seed)
     history: dict[str, list[float]] = {"train_loss": [], "val_loss": [], "lr": [], "time_s": []}
     start_epoch = 0
+    best_val = math.inf
 
     checkpoint_path = Path(checkpoint_path)
     if resume and checkpoint_path.exists():
@@ -310,6 +322,7 @@ def train(
         _restore_rng_states(ckpt["rng"], generator)
         history = ckpt["history"]
         start_epoch = ckpt["epoch"]
+        best_val = ckpt.get("best_val", math.inf)
 
     for epoch in range(start_epoch, epochs):
         t0 = time.perf_counter()
@@ -327,6 +340,8 @@ def train(
             optimiser.zero_grad(set_to_none=True)
             loss = F.mse_loss(model(x, s), y)
             loss.backward()
+            if grad_clip is not None:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
             optimiser.step()
             total += loss.item() * len(x)
             count += len(x)
@@ -343,10 +358,15 @@ def train(
                 f"epoch {epoch + 1}/{epochs}: train {history['train_loss'][-1]:.4g}"
                 f"  val {history['val_loss'][-1]:.4g}  ({history['time_s'][-1]:.1f} s)"
             )
+        val = history["val_loss"][-1]
+        if best_path is not None and math.isfinite(val) and val < best_val:
+            best_val = val
+            save_model(best_path, model, {"epoch": epoch + 1, "val_loss": val})
         _atomic_save(
             {
                 "version": _CHECKPOINT_VERSION,
                 **spec,
+                "best_val": best_val,
                 "state_dict": _cpu_state_dict(model),
                 "optimiser": optimiser.state_dict(),
                 "scheduler": scheduler.state_dict(),
