@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One prepared GPU run (about 8 minutes in all): makes 24 + 2 paper-size COLA training runs
+# One prepared GPU run (about 8 minutes in all): makes N_TRAIN (default 32) + 2 paper-size COLA training runs
 # on the CPU cores, trains the styled V-net frame for BUDGET_S (default 240) seconds on CUDA,
 # evaluates it against the transfer-function frame, and writes under $OUT:
 #   frame_paper_vnet.pt (loads on CPU with cocasbi.frame.load_frame), frame_paper_transfer.npz,
