@@ -1,0 +1,47 @@
+"""The command line as a user meets it: outputs written, bad input named before any work."""
+
+import numpy as np
+from typer.testing import CliRunner
+
+from cocasbi.cli import app
+from cocasbi.io.snapshot import read_snapshot
+from cocasbi.stats.power import PowerSpectrum
+
+runner = CliRunner()
+
+
+def test_simulate_writes_snapshot_power_and_plot(tmp_path):
+    result = runner.invoke(app, ["simulate", "tiny", "--steps", "2", "--out", str(tmp_path),
+                                 "--no-progress"])
+    assert result.exit_code == 0, result.output
+    snap = read_snapshot(tmp_path / "tiny_cola_seed42.hdf5")
+    assert snap.a == 1.0 and snap.positions.shape == (32**3, 3)
+    assert snap.provenance["n_force_evaluations"] == 3
+    pk = PowerSpectrum.load(tmp_path / "tiny_cola_seed42_pk.h5")
+    assert np.all(np.isfinite(pk.power)) and pk.power[0] > 0
+    assert (tmp_path / "tiny_cola_seed42_pk.png").stat().st_size > 10_000
+    assert "force evaluations" in result.output and "P/P_lin" in result.output
+
+
+def test_simulate_coca_with_the_shipped_frame(tmp_path):
+    result = runner.invoke(app, ["simulate", "tiny", "--frame", "tiny", "--forces", "even:2",
+                                 "--steps", "4", "--out", str(tmp_path), "--no-progress",
+                                 "--no-plot", "--no-snapshot"])
+    assert result.exit_code == 0, result.output
+    assert "with 2 force evaluations" in result.output
+
+
+def test_bad_input_is_named_before_work(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    cases = [
+        (["simulate", "tiny", "--out", str(blocker / "sub")], "not writable"),
+        (["simulate", str(tmp_path / "nope.yaml")], "not found"),
+        (["simulate", "tiny", "--method", "coca"], "needs --frame"),
+        (["simulate", "tiny", "--forces", "last:2"], "needs method coca"),
+        (["simulate", "tiny", "--method", "tree"], "simulation.method"),
+    ]
+    for args, message in cases:
+        result = runner.invoke(app, args)
+        assert result.exit_code != 0, args
+        assert message in result.output, (args, result.output)
