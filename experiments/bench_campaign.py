@@ -20,7 +20,7 @@ stdout as a Markdown table and, with ``--out``, are appended to that file.
 
 Usage::
 
-    python experiments/bench_campaign.py --tiny 40 --paper 8 --out docs/performance_campaign.md
+    python experiments/bench_campaign.py --tiny 40 --paper 8 --out docs/performance.md
 """
 
 from __future__ import annotations
