@@ -48,7 +48,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from tqdm.auto import tqdm
 
 from cocasbi import __version__
-from cocasbi.config import Config, ConfigError, builtin_config_path
+from cocasbi.config import Config, ConfigError, resolve_config_path
 from cocasbi.forward import ForwardModel, ForwardSpec
 from cocasbi.io.campaign_store import CampaignStore, CampaignStoreError, Plan, Task
 
@@ -119,11 +119,7 @@ def load_campaign_config(path: str | Path) -> CampaignConfig:
 
     A relative ``forward.config`` path is taken relative to the campaign file.
     """
-    path = Path(path)
-    if not path.suffix and not path.exists():
-        path = builtin_config_path(str(path))
-    if not path.is_file():
-        raise ConfigError(f"campaign configuration not found: {path}")
+    path = resolve_config_path(path, "campaign configuration")
     try:
         data = yaml.safe_load(path.read_text()) or {}
         forward = data.get("forward") or {}

@@ -154,13 +154,19 @@ def builtin_config_path(name: str) -> Path:
     return path
 
 
-def load_config(path: str | Path) -> Config:
-    """Load a YAML file (or the name of a built-in config) into a validated :class:`Config`."""
+def resolve_config_path(path: str | Path, what: str = "configuration") -> Path:
+    """An existing YAML file: ``path`` itself, or the built-in config of that name."""
     path = Path(path)
     if not path.suffix and not path.exists():
         path = builtin_config_path(str(path))
     if not path.is_file():
-        raise ConfigError(f"configuration file not found: {path}")
+        raise ConfigError(f"{what} file not found: {path}")
+    return path
+
+
+def load_config(path: str | Path) -> Config:
+    """Load a YAML file (or the name of a built-in config) into a validated :class:`Config`."""
+    path = resolve_config_path(path)
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
