@@ -70,6 +70,10 @@ class LPTFields:
         """Ψ_LPT(a) = D1 Ψ1 + D2 Ψ2 [Mpc/h]."""
         return cosmo.D1(a) * self.psi1 + cosmo.D2(a) * self.psi2
 
+    def displacement_change(self, cosmo: Cosmology, a0: float, a1: float):
+        """Ψ_LPT(a1) − Ψ_LPT(a0) = ΔD1 Ψ1 + ΔD2 Ψ2 [Mpc/h] (one pass over the fields)."""
+        return (cosmo.D1(a1) - cosmo.D1(a0)) * self.psi1 + (cosmo.D2(a1) - cosmo.D2(a0)) * self.psi2
+
     def positions(self, cosmo: Cosmology, a: float, box_size: float):
         """x = q + Ψ_LPT(a), wrapped into [0, L) [Mpc/h]."""
         return np.mod(self.q + self.displacement(cosmo, a), box_size)

@@ -258,10 +258,9 @@ class Stepper:
             else:
                 self.x += self.p_c * c.drift_factor(a0, a1)
             return
-        dpsi = self.lpt.displacement(c, a1) - self.lpt.displacement(c, a0)
         p_drift = self.p_c if self.frame is None else (
             np.asarray(self.frame.residual_momentum(ah)) + self.p_c)
-        self.x += dpsi + p_drift * c.drift_factor(a0, a1)
+        self.x += self.lpt.displacement_change(c, a0, a1) + p_drift * c.drift_factor(a0, a1)
 
     def _observe(self, event: str):
         for obs in self.observers:
