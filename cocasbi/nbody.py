@@ -78,51 +78,49 @@ def force_schedule(spec, n_steps: int, final_kick: bool = True) -> np.ndarray:
     """Boolean mask over the n+1 boundaries saying where forces are evaluated.
 
     spec: ``"all"``, ``"none"``, ``"last:K"``, ``"first:K"``, ``"even:K"`` (K boundaries evenly
-    spaced over the run), ``"every:M"`` (every M-th boundary), a sequence of boundary indices,
-    or a boolean mask of length n + 1 (returned as is).
-    With ``final_kick=False`` the force at a_n (which only changes the final momenta) is never
-    evaluated in the ``all`` schedule.
+    spaced, first and last included), ``"every:M"`` (every M-th boundary from a_0), a sequence
+    of boundary indices, or a boolean mask of length n + 1 (both taken as given).
+    With ``final_kick=False`` the named schedules place their forces on a_0 … a_{n−1} only:
+    the force at a_n changes only the final momenta, never a position.
     """
     nb = n_steps + 1
     mask = np.zeros(nb, dtype=bool)
-    if isinstance(spec, str):
-        kind, _, arg = spec.partition(":")
-        try:
-            count = int(arg) if arg else None
-        except ValueError:
-            raise ValueError(f"force schedule {spec!r}: {arg!r} is not an integer") from None
-        if kind == "all":
-            mask[:] = True
-            mask[-1] = final_kick
-        elif kind == "none":
-            pass
-        elif kind in ("last", "first", "even", "every") and count is not None and count >= 0:
-            if count > nb and kind != "every":
-                raise ValueError(f"force schedule {spec!r}: only {nb} boundaries")
-            if kind == "last":
-                mask[nb - count:] = True if count else mask[nb:]
-            elif kind == "first":
-                mask[:count] = True
-            elif kind == "even" and count:
-                mask[np.unique(np.round(np.linspace(0, nb - 1, count)).astype(int))] = True
-            elif kind == "every":
-                if count < 1:
-                    raise ValueError(f"force schedule {spec!r}: M must be >= 1")
-                mask[::count] = True
-        else:
-            raise ValueError(
-                f"unknown force schedule {spec!r}: use all, none, last:K, first:K, even:K, "
-                "every:M or a list of boundary indices"
-            )
-    elif np.asarray(spec).dtype == bool:
-        mask = np.asarray(spec)
-        if mask.shape != (nb,):
-            raise ValueError(f"force schedule mask has {mask.size} entries for {nb} boundaries")
-    else:
-        idx = np.asarray(spec, dtype=int)
+    if not isinstance(spec, str):
+        given = np.asarray(spec)
+        if given.dtype == bool:
+            if given.shape != (nb,):
+                raise ValueError(f"force schedule mask has {given.size} entries for {nb} "
+                                 "boundaries")
+            return given
+        idx = given.astype(int)
         if idx.size and (idx.min() < -nb or idx.max() >= nb):
             raise ValueError(f"force schedule indices {idx.tolist()} outside 0..{nb - 1}")
         mask[idx] = True
+        return mask
+    usable = nb if final_kick else nb - 1
+    kind, _, arg = spec.partition(":")
+    try:
+        count = int(arg) if arg else None
+    except ValueError:
+        raise ValueError(f"force schedule {spec!r}: {arg!r} is not an integer") from None
+    if kind in ("all", "none") and count is None:
+        mask[:usable] = kind == "all"
+    elif kind in ("last", "first", "even") and count is not None and 0 <= count <= usable:
+        if kind == "last":
+            mask[usable - count:usable] = True
+        elif kind == "first":
+            mask[:count] = True
+        elif count:
+            mask[np.unique(np.round(np.linspace(0, usable - 1, count)).astype(int))] = True
+    elif kind == "every" and count is not None and count >= 1:
+        mask[:usable:count] = True
+    elif kind in ("last", "first", "even", "every") and count is not None:
+        raise ValueError(f"force schedule {spec!r}: K must be in 0..{usable} (M >= 1)")
+    else:
+        raise ValueError(
+            f"unknown force schedule {spec!r}: use all, none, last:K, first:K, even:K, "
+            "every:M or a list of boundary indices"
+        )
     return mask
 
 

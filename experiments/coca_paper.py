@@ -82,12 +82,6 @@ def metrics(res, ref, box, n_mesh) -> dict:
             "rms_dx": float(np.sqrt(np.mean(np.sum(d**2, axis=1))))}
 
 
-def even_forces(n: int, n_steps: int) -> np.ndarray:
-    """Boolean mask: n forces evenly spaced over boundaries 0 … n_steps − 1 (none at a_n)."""
-    idx = sorted(set(np.round(np.linspace(0, n_steps - 1, n)).astype(int).tolist()))
-    return force_schedule(idx, n_steps, final_kick=False)
-
-
 def run_seed(cfg, emu, seed) -> dict:
     sim = cfg.simulation
     t0 = time.perf_counter()
@@ -105,7 +99,7 @@ def run_seed(cfg, emu, seed) -> dict:
     coca_cfg = cfg.replace(simulation={"final_kick": False})
     for n in FORCES:
         r = simulate(coca_cfg.replace(simulation={"method": "coca"}), frame=emu, seed=seed,
-                     forces=even_forces(n, sim.n_steps))
+                     forces=force_schedule(f"even:{n}", sim.n_steps, final_kick=False))
         out["coca"][n] = {**metrics(r, ref, box, nm), "seconds": r.wall_time,
                           "frame_seconds": r.frame_seconds, "forces": r.n_force_evaluations}
     return out

@@ -183,7 +183,11 @@ def test_force_schedules():
     np.testing.assert_array_equal(force_schedule("every:2", 4), [1, 0, 1, 0, 1])
     np.testing.assert_array_equal(force_schedule("even:3", 4), [1, 0, 1, 0, 1])
     np.testing.assert_array_equal(force_schedule([0, 3], 4), [1, 0, 0, 1, 0])
-    for bad in ("sometimes", "last:x", "last:9", [7]):
+    # without the final kick, named schedules stay on a_0 … a_{n-1}
+    np.testing.assert_array_equal(force_schedule("even:3", 4, final_kick=False), [1, 0, 1, 1, 0])
+    np.testing.assert_array_equal(force_schedule("last:2", 4, final_kick=False), [0, 0, 1, 1, 0])
+    np.testing.assert_array_equal(force_schedule([4], 4, final_kick=False), [0, 0, 0, 0, 1])
+    for bad in ("sometimes", "last:x", "last:9", "every:0", "all:3", [7]):
         with pytest.raises(ValueError, match="force schedule"):
             force_schedule(bad, 4)
 
