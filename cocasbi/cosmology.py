@@ -19,7 +19,7 @@ import numpy as np
 from scipy.integrate import quad, simpson, solve_ivp
 
 T_CMB = 2.7255  # [K]
-_A_EARLY = 1e-5  # start of the growth integration (pure matter domination there)
+_A_EARLY = 1e-3  # start of the growth integration (pure matter domination there)
 _A_LATE = 4.0  # growth tables cover a up to this value
 
 
@@ -102,7 +102,7 @@ class Cosmology:
             (np.log(a0), np.log(_A_LATE)),
             y0,
             method="DOP853",
-            rtol=1e-13,
+            rtol=1e-12,
             atol=1e-30,
             dense_output=True,
         ).sol
