@@ -121,10 +121,9 @@ def simulate(
     if snapshot:
         files.append(write_snapshot(outdir / f"{stem}.hdf5", result.final, cfg, sim.seed,
                                     n_force_evaluations=result.n_force_evaluations))
-    kmax = cfg.power.kmax_factor * np.pi * sim.n_particles / sim.box_size
-    ps = power_spectrum(result.final.positions, sim.box_size, n_mesh=sim.n_mesh,
-                        dk=cfg.power.dk_factor * 2 * np.pi / sim.box_size, kmax=kmax,
-                        threads=sim.threads)
+    dk, kmin, kmax = cfg.power_binning()
+    ps = power_spectrum(result.final.positions, sim.box_size, n_mesh=sim.n_mesh, dk=dk,
+                        kmin=kmin, kmax=kmax, threads=sim.threads)
     ps.attrs.update(config=cfg.name, method=sim.method, seed=sim.seed, a=result.final.a)
     files.append(ps.save(outdir / f"{stem}_pk.h5"))
     cosmo = result.cosmology

@@ -10,6 +10,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -116,6 +117,14 @@ class Config(_Frozen):
     simulation: SimulationConfig = SimulationConfig()
     power: PowerConfig = PowerConfig()
     output: OutputConfig = OutputConfig()
+
+    def power_binning(self) -> tuple[float, float, float]:
+        """Default P(k) bins (dk, kmin, kmax) [h/Mpc]: dk = dk_factor k_f, kmin = k_f / 2,
+        kmax = kmax_factor × the particle Nyquist wavenumber π N_p / L."""
+        sim = self.simulation
+        kf = 2 * np.pi / sim.box_size
+        return (self.power.dk_factor * kf, 0.5 * kf,
+                self.power.kmax_factor * np.pi * sim.n_particles / sim.box_size)
 
     def replace(self, **sections) -> Config:
         """A copy with some sections or fields updated, re-validated.

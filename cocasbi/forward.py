@@ -30,10 +30,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from cocasbi import __version__
 from cocasbi.config import Config, CosmologyConfig, config_from_dict, load_config
-from cocasbi.cosmology import Cosmology
 from cocasbi.ic import lagrangian_grid
 from cocasbi.nbody import TimeSchedule, force_schedule
-from cocasbi.simulation import SimulationResult, initial_conditions, simulate
+from cocasbi.simulation import SimulationResult, simulate
 from cocasbi.stats.power import power_spectrum
 
 #: Cosmological parameters a forward model can vary (fields of :class:`CosmologyConfig`).
@@ -135,10 +134,10 @@ class ForwardModel:
         self.forces = forces
         self.force_mask = force_schedule(forces, TimeSchedule.from_config(sim).n_steps,
                                          sim.final_kick)
-        kf, k_nyq = 2 * np.pi / sim.box_size, np.pi * sim.n_particles / sim.box_size
-        self.dk = self.config.power.dk_factor * kf if dk is None else float(dk)
-        self.kmin = 0.5 * kf if kmin is None else float(kmin)
-        self.kmax = self.config.power.kmax_factor * k_nyq if kmax is None else float(kmax)
+        default_dk, default_kmin, default_kmax = self.config.power_binning()
+        self.dk = default_dk if dk is None else float(dk)
+        self.kmin = default_kmin if kmin is None else float(kmin)
+        self.kmax = default_kmax if kmax is None else float(kmax)
         self._frame_source = frame
         self._frame_loader = frame_loader or default_frame_loader
         self._frame = None if isinstance(frame, str | os.PathLike) else frame
@@ -222,17 +221,11 @@ class ForwardModel:
     def simulate(self, theta, seed) -> SimulationResult:
         """Run the simulation for θ; ``seed`` (int or SeedSequence) fixes the initial phases.
 
-        A frame emulator (an object with ``bind(lpt, cosmo, box_size)``) is bound to this
-        simulation's initial conditions first; any other frame is used as is.
+        A frame emulator is bound to this simulation's initial conditions by
+        :func:`cocasbi.simulation.simulate`; any other frame is used as is.
         """
-        cfg = self.config_for(theta)
-        frame = self.frame
-        if not hasattr(frame, "bind"):
-            return simulate(cfg, seed=seed, frame=frame, forces=self.force_mask)
-        cosmo = Cosmology.from_config(cfg.cosmology)
-        lpt = initial_conditions(cfg, cosmo, seed)
-        return simulate(cfg, seed=seed, frame=frame.bind(lpt, cosmo, cfg.simulation.box_size),
-                        forces=self.force_mask, lpt=lpt)
+        return simulate(self.config_for(theta), seed=seed, frame=self.frame,
+                        forces=self.force_mask)
 
     def summarize(self, positions) -> np.ndarray:
         """Summary vector (float32) of final particle positions (N, 3) [Mpc/h]."""
