@@ -22,7 +22,6 @@ Sizes: tiny (32³, 10 steps, 21 times) 8 MB per file; paper (64³, 20 steps, 41 
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +31,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from cocasbi.config import Config
+from cocasbi.io.atomic import atomic_path
 from cocasbi.nbody import ResidualRecorder
 from cocasbi.simulation import simulate
 
@@ -86,34 +86,28 @@ def write_sample(path: str | Path, cfg: Config, res, rec: ResidualRecorder, para
     path = Path(path)
     n = cfg.simulation.n_particles
     frame = rec.frame()
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with h5py.File(tmp, "w") as f:
-            f.attrs["format_version"] = FORMAT_VERSION
-            f.attrs["master_seed"] = int(master_seed)
-            f.attrs["index"] = int(index)
-            f.attrs["config_json"] = res.config.model_dump_json()  # with the drawn cosmology
-            f.attrs["box_size"] = float(cfg.simulation.box_size)
-            f.attrs["n_particles"] = int(n)
-            f.attrs["wall_time"] = float(res.wall_time)
-            f.attrs["n_force_evaluations"] = int(res.n_force_evaluations)
-            for k, v in params.items():
-                f.attrs[k] = float(v)
-            f.attrs["units"] = "Mpc/h; momenta p = a^2 dx/dt / H0"
-            f.create_dataset("psi1", data=_grid(res.lpt.psi1, n))
-            f.create_dataset("psi2", data=_grid(res.lpt.psi2, n))
-            f.create_dataset("times", data=np.asarray(frame.times, dtype=np.float64))
-            f.create_dataset("boundaries", data=res.schedule.boundaries)
-            f.create_dataset("half", data=res.schedule.half)
-            f.create_dataset(
-                "residual",
-                data=frame.momenta.astype(np.float32).reshape(len(frame.times), n, n, n, 3),
-                chunks=(1, n, n, n, 3),
-            )
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+        f.attrs["format_version"] = FORMAT_VERSION
+        f.attrs["master_seed"] = int(master_seed)
+        f.attrs["index"] = int(index)
+        f.attrs["config_json"] = res.config.model_dump_json()  # with the drawn cosmology
+        f.attrs["box_size"] = float(cfg.simulation.box_size)
+        f.attrs["n_particles"] = int(n)
+        f.attrs["wall_time"] = float(res.wall_time)
+        f.attrs["n_force_evaluations"] = int(res.n_force_evaluations)
+        for k, v in params.items():
+            f.attrs[k] = float(v)
+        f.attrs["units"] = "Mpc/h; momenta p = a^2 dx/dt / H0"
+        f.create_dataset("psi1", data=_grid(res.lpt.psi1, n))
+        f.create_dataset("psi2", data=_grid(res.lpt.psi2, n))
+        f.create_dataset("times", data=np.asarray(frame.times, dtype=np.float64))
+        f.create_dataset("boundaries", data=res.schedule.boundaries)
+        f.create_dataset("half", data=res.schedule.half)
+        f.create_dataset(
+            "residual",
+            data=frame.momenta.astype(np.float32).reshape(len(frame.times), n, n, n, 3),
+            chunks=(1, n, n, n, 3),
+        )
     return path
 
 

@@ -29,6 +29,7 @@ from cocasbi.cosmology import Cosmology
 from cocasbi.frame.basis import TimeBasis
 from cocasbi.frame.transfer import TransferModel
 from cocasbi.ic import LPTFields
+from cocasbi.io.atomic import atomic_path
 
 FRAME_FORMAT = 1
 
@@ -97,9 +98,8 @@ class FrameEmulator:
         if self.kind == "transfer":
             arrays = {**self.basis.to_dict(), **self.model.to_dict()}
             meta = {"format": FRAME_FORMAT, "kind": "transfer", **self.meta}
-            tmp = path.with_name(f".{path.name}.tmp.npz")
-            np.savez_compressed(tmp, meta_json=np.array(json.dumps(meta)), **arrays)
-            tmp.replace(path)
+            with atomic_path(path) as tmp, open(tmp, "wb") as f:
+                np.savez_compressed(f, meta_json=np.array(json.dumps(meta)), **arrays)
             return path
         if self.kind == "vnet":
             from cocasbi.frame.neural import save_vnet_frame

@@ -19,7 +19,6 @@ from __future__ import annotations
 import importlib
 import math
 import os
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -29,6 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
+
+from cocasbi.io.atomic import atomic_path
 
 __all__ = [
     "evaluate",
@@ -53,16 +54,8 @@ def _atomic_save(obj: Any, path: str | os.PathLike) -> None:
     """``torch.save`` to a temporary file in the target directory, then rename over ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def _cpu_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:

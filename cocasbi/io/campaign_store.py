@@ -24,9 +24,6 @@ import os
 import re
 import shutil
 import time
-import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,6 +31,7 @@ import h5py
 import numpy as np
 
 from cocasbi import __version__
+from cocasbi.io.atomic import atomic_path
 
 RESULT_FORMAT = "cocasbi-campaign-result"
 CAMPAIGN_FORMAT = "cocasbi-campaign"
@@ -125,23 +123,6 @@ class Scan:
     failed: dict[int, dict] = field(default_factory=dict)
     corrupt: dict[int, tuple[Path, str]] = field(default_factory=dict)
     pending: list[int] = field(default_factory=list)
-
-
-@contextmanager
-def atomic_path(path: Path) -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; on success rename it into place.
-
-    There is no fsync (it would cost more than writing the file): a killed process never
-    leaves a partial file under the final name, and the rare file emptied by an operating
-    system crash is caught by the checks on reading.
-    """
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def _json_text(path: Path, data: dict) -> None:

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -34,6 +33,7 @@ import h5py
 import numpy as np
 
 from cocasbi import __version__
+from cocasbi.io.atomic import atomic_path
 
 __all__ = ["SnapshotData", "SnapshotError", "particle_mass", "read_snapshot", "write_snapshot"]
 
@@ -184,7 +184,7 @@ def write_snapshot(path, snapshot, config, seed, extra_attrs: dict | None = None
         The written file.
     """
     path = Path(path)
-    directory = _writable_dir(path)
+    _writable_dir(path)  # fails early, naming the directory
     dtype = np.dtype(dtype).type
     if dtype not in (np.float32, np.float64):
         raise ValueError(f"dtype must be float32 or float64, got {np.dtype(dtype).name}")
@@ -197,36 +197,29 @@ def write_snapshot(path, snapshot, config, seed, extra_attrs: dict | None = None
         raise ValueError(f"refusing to write {path}: non-finite positions or momenta")
     a, n, box = float(snapshot.a), len(x), float(sim.box_size)
 
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        with h5py.File(tmp, "w") as f:
-            _write_header(f, a, n, box, cos)
-            _write_parameters(f, config)
-            part = f.create_group(f"PartType{_PTYPE}")
-            opts = {"fletcher32": True, "chunks": True}
-            part.create_dataset("Coordinates", data=_wrap(x, box, dtype), **opts)
-            part.create_dataset("Velocities", data=(100.0 * p / a**1.5).astype(dtype), **opts)
-            part.create_dataset("ParticleIDs", data=np.arange(n, dtype=np.uint64), **opts)
-            part["Coordinates"].attrs["units"] = "comoving Mpc/h, wrapped into [0, BoxSize)"
-            part["Velocities"].attrs["units"] = "km/s; peculiar velocity / sqrt(a)"
-            part["ParticleIDs"].attrs["units"] = "lattice index i*N^2 + j*N + k"
-            prov = f.create_group("Provenance")
-            prov.attrs.update({
-                "config": config.model_dump_json(),
-                **_seed_attrs(seed),
-                "cocasbi_version": __version__,
-                "method": sim.method,
-                "n_force_evaluations": -1 if n_force_evaluations is None
-                else int(n_force_evaluations),
-                "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            })
-            for key, value in (extra_attrs or {}).items():
-                prov.attrs[key] = _h5_value(value)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+        _write_header(f, a, n, box, cos)
+        _write_parameters(f, config)
+        part = f.create_group(f"PartType{_PTYPE}")
+        opts = {"fletcher32": True, "chunks": True}
+        part.create_dataset("Coordinates", data=_wrap(x, box, dtype), **opts)
+        part.create_dataset("Velocities", data=(100.0 * p / a**1.5).astype(dtype), **opts)
+        part.create_dataset("ParticleIDs", data=np.arange(n, dtype=np.uint64), **opts)
+        part["Coordinates"].attrs["units"] = "comoving Mpc/h, wrapped into [0, BoxSize)"
+        part["Velocities"].attrs["units"] = "km/s; peculiar velocity / sqrt(a)"
+        part["ParticleIDs"].attrs["units"] = "lattice index i*N^2 + j*N + k"
+        prov = f.create_group("Provenance")
+        prov.attrs.update({
+            "config": config.model_dump_json(),
+            **_seed_attrs(seed),
+            "cocasbi_version": __version__,
+            "method": sim.method,
+            "n_force_evaluations": -1 if n_force_evaluations is None
+            else int(n_force_evaluations),
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        })
+        for key, value in (extra_attrs or {}).items():
+            prov.attrs[key] = _h5_value(value)
     return path
 
 
