@@ -32,6 +32,7 @@ from cocasbi.ic import LPTFields
 from cocasbi.io.atomic import atomic_path
 
 FRAME_FORMAT = 1
+_CACHED_TIMES = 4  # p_ML arrays kept per bound frame
 
 
 def cosmology_dict(cosmo: Cosmology | dict) -> dict[str, float]:
@@ -43,7 +44,8 @@ def cosmology_dict(cosmo: Cosmology | dict) -> dict[str, float]:
 @dataclass
 class EmulatedFrame:
     """A frame for one simulation: coefficient fields c_k (K, N³, 3) float64 [Mpc/h] and the
-    time basis. ``residual_momentum(a)`` is a K-term sum (cached per a)."""
+    time basis. ``residual_momentum(a)`` is a K-term sum; the last few times are cached (the
+    stepper asks for a_i, a_{i+½} and a_{i+1} within one step), not the whole run."""
 
     basis: TimeBasis
     coeffs: np.ndarray
@@ -57,6 +59,8 @@ class EmulatedFrame:
         if out is None:
             b = self.basis.values(key, self.cosmo)
             out = np.tensordot(b, self.coeffs, axes=(0, 0))
+            if len(self._cache) >= _CACHED_TIMES:
+                del self._cache[next(iter(self._cache))]  # oldest first
             self._cache[key] = out
         return out
 
