@@ -51,6 +51,7 @@ from cocasbi import __version__
 from cocasbi.config import Config, ConfigError, resolve_config_path
 from cocasbi.forward import ForwardModel, ForwardSpec
 from cocasbi.io.campaign_store import CampaignStore, CampaignStoreError, Plan, Task
+from cocasbi.mesh import default_threads
 
 log = logging.getLogger(__name__)
 
@@ -224,10 +225,6 @@ def choose_layout(cores: int, memory: float, per_worker: float, workers: int = 0
     if workers * threads > cores:
         log.warning("%d workers × %d threads oversubscribe %d cores", workers, threads, cores)
     return WorkerLayout(workers, threads)
-
-
-def available_cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 
 
 def thread_environment(threads: int) -> dict[str, str]:
@@ -435,7 +432,7 @@ def run_campaign(directory: str | Path, simulator=None, *, client=None,
             store.failure_path(index).unlink()
     todo = sorted([*scan.pending, *scan.corrupt, *(scan.failed if retry_failed else ())])
     sim_config = cfg.forward.simulation_config()
-    layout = choose_layout(available_cores(), _free_memory(), simulation_memory(sim_config),
+    layout = choose_layout(default_threads(), _free_memory(), simulation_memory(sim_config),
                            execution.workers, execution.threads_per_worker)
     if simulator is None:
         simulator = ForwardModel.from_spec(cfg.forward, threads=layout.threads)

@@ -40,7 +40,6 @@ from cocasbi.campaign import (
     CampaignConfig,
     ExecutionConfig,
     WorkerLayout,
-    available_cores,
     local_cluster,
     make_plan,
     plan_campaign,
@@ -48,6 +47,7 @@ from cocasbi.campaign import (
 )
 from cocasbi.forward import ForwardModel, ForwardSpec
 from cocasbi.io.campaign_store import CampaignStore
+from cocasbi.mesh import default_threads
 
 LAYOUTS = ((1, 1), (2, 1), (1, 2))
 KMAX = {"tiny": 1.0, "paper": 0.8}  # [h/Mpc], as in configs/campaign_*.yaml
@@ -128,7 +128,7 @@ def machine() -> str:
     except OSError:
         pass
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return (f"{cpu}, {available_cores()} cores, {mem:.0f} GiB, {platform.system()} "
+    return (f"{cpu}, {default_threads()} cores, {mem:.0f} GiB, {platform.system()} "
             f"{platform.release()}, Python {platform.python_version()}")
 
 
