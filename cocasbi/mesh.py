@@ -325,7 +325,7 @@ class FFT:
     def backward(self, modes, out=None):
         """c2r transform (normalised by 1/N³); returns float32 (N,N,N)."""
         if not HAVE_PYFFTW:
-            return np.fft.irfftn(modes, s=self.real_shape).astype(np.float32)
+            return np.fft.irfftn(modes, s=self.real_shape, axes=(0, 1, 2)).astype(np.float32)
         self._cplx[...] = modes
         self._bwd.execute()
         norm = np.float32(1.0 / self.n**3)
@@ -501,7 +501,7 @@ class ForceSolver:
         if HAVE_PYFFTW:
             (self._bwd if src is self._cplx else self._bwds[c]).execute()
         else:
-            dst[...] = np.fft.irfftn(src, s=dst.shape) * self.n**3
+            dst[...] = np.fft.irfftn(src, s=dst.shape, axes=(0, 1, 2)) * self.n**3
 
     def _force_from_real(self):
         """Force mesh from the density contrast held in ``self._real`` (destroyed)."""

@@ -223,3 +223,14 @@ def test_two_particle_force_approaches_inverse_square():
         ratios = np.array(ratios)
         assert np.all(np.abs(ratios - 1) < 0.05), (r, ratios)
         assert abs(ratios.mean() - 1) < 0.02, (r, ratios.mean())
+
+
+def test_numpy_fft_fallback_gives_the_same_force(monkeypatch):
+    """Without pyFFTW the solver falls back to numpy.fft: same force to float32 round-off."""
+    from cocasbi import mesh
+
+    q = np.random.default_rng(5).uniform(0, 32.0, (512, 3))
+    with_fftw = mesh.ForceSolver(16, 32.0, 0.3)(q)
+    monkeypatch.setattr(mesh, "HAVE_PYFFTW", False)
+    fallback = mesh.ForceSolver(16, 32.0, 0.3)(q)
+    np.testing.assert_allclose(fallback, with_fftw, atol=1e-5 * np.abs(with_fftw).max())

@@ -43,7 +43,7 @@ def lattice_divergence(psi: np.ndarray) -> np.ndarray:
     kz = 2 * np.pi * np.fft.rfftfreq(n)
     f = [np.fft.rfftn(psi[i]) for i in range(3)]
     div = 1j * (k[:, None, None] * f[0] + k[None, :, None] * f[1] + kz[None, None, :] * f[2])
-    return -np.fft.irfftn(div, s=psi.shape[1:])
+    return -np.fft.irfftn(div, s=psi.shape[1:], axes=(0, 1, 2))
 
 
 class VNetFrameModel:
