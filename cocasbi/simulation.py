@@ -98,8 +98,7 @@ def simulate(cfg: Config, seed=None, frame: Frame | None = None, forces="all",
         observers=[snaps, *observers],
     ).run(progress=progress)
     final = Snapshot(float(schedule.boundaries[-1]), stepper.x, stepper.momenta())
-    bad = ~np.isfinite(final.positions).all() or ~np.isfinite(final.momenta).all()
-    if bad:
+    if not (np.isfinite(final.positions).all() and np.isfinite(final.momenta).all()):
         raise FloatingPointError(
             f"simulation {cfg.name!r} (seed {seed}) produced non-finite positions or momenta")
     return SimulationResult(

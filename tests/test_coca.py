@@ -117,3 +117,11 @@ def test_frame_method_mismatch_is_an_error(cola):
         simulate(CFG, frame=oracle)
     with pytest.raises(ValueError, match="cannot skip forces"):
         simulate(CFG.replace(simulation={"method": "pm"}), forces="none")
+
+
+def test_non_finite_simulation_is_a_clear_error(cola):
+    res, oracle = cola
+    broken = oracle.scaled(1.0)
+    broken.momenta[3, 0, 0] = np.nan  # one NaN in the frame at one query time
+    with pytest.raises(FloatingPointError, match="non-finite positions or momenta"):
+        simulate(COCA, frame=broken, forces="none", lpt=res.lpt)
