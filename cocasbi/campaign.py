@@ -42,7 +42,6 @@ from typing import Literal
 
 import dask
 import numpy as np
-import typer
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from tqdm.auto import tqdm
@@ -51,7 +50,7 @@ from cocasbi import __version__
 from cocasbi.config import Config, ConfigError, resolve_config_path
 from cocasbi.forward import ForwardModel, ForwardSpec
 from cocasbi.io.campaign_store import CampaignStore, CampaignStoreError, Plan, Task
-from cocasbi.mesh import default_threads
+from cocasbi.threads import default_threads
 
 log = logging.getLogger(__name__)
 
@@ -538,125 +537,3 @@ def campaign_status(directory: str | Path) -> dict:
         "mean_wall_time": float(np.mean(wall)) if wall.size else None,
         "merged": bool(merged),
     }
-
-
-# ---------------------------------------------------------------------------- CLI
-campaign_app = typer.Typer(
-    help="Simulation campaigns: plan θ and seeds, run them on Dask, check, merge.",
-    no_args_is_help=True)
-
-_CAMPAIGN = typer.Argument(..., help="campaign YAML, built-in name (campaign_tiny) or the "
-                                     "campaign directory")
-_DIRECTORY = typer.Option(None, "--directory", "-d",
-                          help="campaign directory (default: the config's `directory`)")
-
-
-def _store_for(campaign: str, directory: Path | None, plan: bool = False,
-               force: bool = False) -> CampaignStore:
-    if Path(campaign).is_dir() and (Path(campaign) / "plan.h5").exists():
-        return CampaignStore(campaign)
-    cfg = load_campaign_config(campaign)
-    if plan:
-        return plan_campaign(cfg, directory, force=force)
-    store = CampaignStore(directory or cfg.directory)
-    if store.read_plan().plan_id != make_plan(cfg).plan_id:
-        raise CampaignStoreError(f"{store.directory} was planned from another configuration")
-    return store
-
-
-@contextmanager
-def _cli_errors():
-    try:
-        yield
-    except (ConfigError, CampaignStoreError, ValueError, ImportError) as err:
-        typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(2) from None
-
-
-@campaign_app.command("plan")
-def plan_command(campaign: str = _CAMPAIGN, directory: Path | None = _DIRECTORY,
-                 force: bool = typer.Option(False, help="replace a different existing plan")):
-    """Draw θ and seeds for every simulation and write plan.h5 (nothing runs)."""
-    with _cli_errors():
-        store = _store_for(campaign, directory, plan=True, force=force)
-        plan = store.read_plan()
-        typer.echo(f"planned {len(plan)} simulations ({plan.design}, master seed "
-                   f"{plan.master_seed}, plan {plan.plan_id}) in {store.directory}")
-
-
-@campaign_app.command("run")
-def run_command(
-    campaign: str = _CAMPAIGN, directory: Path | None = _DIRECTORY,
-    scheduler: str | None = typer.Option(None, help="address or scheduler file of a running "
-                                                    "Dask cluster (default: a LocalCluster)"),
-    workers: int | None = typer.Option(None, help="LocalCluster worker processes (0 = auto)"),
-    threads_per_worker: int | None = typer.Option(
-        None, help="FFT/numba/torch threads per simulation (0 = auto)"),
-    timeout: float | None = typer.Option(None, help="per-simulation limit [s]"),
-    retry_failed: bool = typer.Option(False, help="run recorded failures again"),
-    merge: bool = typer.Option(True, help="merge into campaign.h5 at the end"),
-    progress: bool = typer.Option(True, help="show a progress bar"),
-):
-    """Run every unfinished simulation (plans first if needed); re-running resumes."""
-    with _cli_errors():
-        store = _store_for(campaign, directory, plan=True)
-        execution = stored_config(store).execution
-        overrides = {"scheduler": scheduler, "workers": workers,
-                     "threads_per_worker": threads_per_worker, "timeout": timeout}
-        execution = execution.model_copy(
-            update={k: v for k, v in overrides.items() if v is not None})
-        report = run_campaign(store.directory, execution=execution, retry_failed=retry_failed,
-                              merge=merge, progress=progress)
-        layout = report.layout
-        where = (f"scheduler {execution.scheduler}" if execution.scheduler else
-                 "a jobqueue cluster" if execution.jobqueue else f"{layout.workers} worker(s)")
-        typer.echo(f"ran {report.ran} simulations in {report.wall_time:.1f} s on {where}, "
-                   f"{layout.threads} thread(s) each: "
-                   + ", ".join(f"{k} {v}" for k, v in sorted(report.counts.items()) if v))
-        if report.merged:
-            typer.echo(f"merged into {report.merged}")
-
-
-@campaign_app.command("status")
-def status_command(campaign: str = _CAMPAIGN, directory: Path | None = _DIRECTORY,
-                   as_json: bool = typer.Option(False, "--json", help="print JSON")):
-    """Counts of finished, failed, pending and running simulations."""
-    with _cli_errors():
-        status = campaign_status(_store_for(campaign, directory).directory)
-        if as_json:
-            typer.echo(json.dumps(status, indent=1))
-            return
-        failed = sum(status["failed"].values())
-        kinds = ", ".join(f"{k} {v}" for k, v in sorted(status["failed"].items()))
-        wall = status["mean_wall_time"]
-        typer.echo("\n".join([
-            f"campaign  {status['directory']} (plan {status['plan_id']})",
-            f"planned   {status['planned']}",
-            f"ok        {status['ok']}",
-            f"failed    {failed}" + (f" ({kinds})" if kinds else ""),
-            f"corrupt   {status['corrupt']}",
-            f"pending   {status['pending']} ({status['running']} with a running marker)",
-            "wall time " + ("-" if wall is None else f"{wall:.2f} s per simulation (mean)"),
-            f"merged    {'up to date' if status['merged'] else 'no'}",
-        ]))
-
-
-@campaign_app.command("merge")
-def merge_command(campaign: str = _CAMPAIGN, directory: Path | None = _DIRECTORY,
-                  allow_corrupt: bool = typer.Option(
-                      False, help="record corrupt result files instead of failing")):
-    """Gather every result and failure into campaign.h5 (θ, seed, x, status, timing)."""
-    with _cli_errors():
-        store = _store_for(campaign, directory)
-        cfg = stored_config(store)
-        path = store.merge(store.read_plan(), provenance(cfg, ForwardModel.from_spec(
-            cfg.forward), None), allow_corrupt=allow_corrupt)
-        typer.echo(f"merged into {path}")
-
-
-if __name__ == "__main__":
-    # `python -m cocasbi.campaign ...`: run the app of the imported module, so that tasks
-    # reference cocasbi.campaign.run_task (importable by workers), not __main__.run_task
-    from cocasbi.campaign import campaign_app as app
-
-    app()

@@ -22,6 +22,29 @@ T_CMB = 2.7255  # [K]
 _A_EARLY = 1e-3  # start of the growth integration (pure matter domination there)
 _A_LATE = 4.0  # growth tables cover a up to this value
 
+#: The cosmological parameters of a :class:`Cosmology`, in this order: the only names a prior,
+#: a forward model, a frame or a campaign may vary.
+PARAMETERS = ("Omega_m", "Omega_b", "h", "n_s", "sigma8")
+
+#: Open-closed range (low, high] in which each parameter is accepted (flat ΛCDM; σ8 above 3 or
+#: n_s above 2 is far outside anything the growth and transfer models were checked for).
+PARAMETER_RANGES = {"Omega_m": (0.0, 1.0), "Omega_b": (0.0, 1.0), "h": (0.0, 2.0),
+                    "n_s": (0.0, 2.0), "sigma8": (0.0, 3.0)}
+
+
+def check_parameter(name: str, value: float) -> float:
+    """``value`` as a float if it is a finite number inside ``PARAMETER_RANGES[name]``."""
+    if name not in PARAMETER_RANGES:
+        raise ValueError(f"unknown cosmological parameter {name!r}; choose from {PARAMETERS}")
+    low, high = PARAMETER_RANGES[name]
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"cosmology: {name}={value!r} is not a number") from None
+    if not (np.isfinite(value) and low < value <= high):
+        raise ValueError(f"cosmology: {name}={value} must be finite and in ({low:g}, {high:g}]")
+    return value
+
 
 @dataclass(frozen=True)
 class Cosmology:
@@ -42,12 +65,8 @@ class Cosmology:
     _cache: dict = field(default_factory=dict, repr=False, compare=False, hash=False)
 
     def __post_init__(self):
-        for name in ("Omega_m", "h", "n_s", "sigma8", "Omega_b"):
-            value = getattr(self, name)
-            if not np.isfinite(value) or value <= 0:
-                raise ValueError(f"cosmology: {name}={value} must be positive and finite")
-        if self.Omega_m > 1:
-            raise ValueError(f"cosmology: Omega_m={self.Omega_m} > 1 is not flat ΛCDM")
+        for name in PARAMETERS:
+            check_parameter(name, getattr(self, name))
         if self.Omega_b >= self.Omega_m:
             raise ValueError(f"cosmology: Omega_b={self.Omega_b} must be < Omega_m")
 
@@ -57,7 +76,7 @@ class Cosmology:
         return cls(**cfg.model_dump())
 
     def replace(self, **changes) -> Cosmology:
-        params = {k: getattr(self, k) for k in ("Omega_m", "Omega_b", "h", "n_s", "sigma8")}
+        params = {k: getattr(self, k) for k in PARAMETERS}
         return Cosmology(**{**params, "transfer": self.transfer, **changes})
 
     @property

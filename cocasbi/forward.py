@@ -29,15 +29,12 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from cocasbi import __version__
-from cocasbi.config import Config, CosmologyConfig, config_from_dict, load_config
+from cocasbi.config import Config, config_from_dict, load_config
+from cocasbi.cosmology import PARAMETERS
 from cocasbi.ic import lagrangian_grid
 from cocasbi.nbody import TimeSchedule, force_schedule
 from cocasbi.simulation import SimulationResult, simulate
 from cocasbi.stats.power import power_spectrum
-
-#: Cosmological parameters a forward model can vary (fields of :class:`CosmologyConfig`).
-COSMOLOGY_PARAMETERS = tuple(
-    name for name, f in CosmologyConfig.model_fields.items() if f.annotation is float)
 
 #: Summary name → transform of the binned P(k) [(Mpc/h)^3] into that summary's block.
 SUMMARIES: dict[str, Callable[[np.ndarray], np.ndarray]] = {
@@ -94,7 +91,7 @@ class ForwardModel:
     forces : str
         Force schedule spec (:func:`cocasbi.nbody.force_schedule`).
     parameters : sequence of str
-        Names of θ's entries, in order, from :data:`COSMOLOGY_PARAMETERS`; the others keep
+        Names of θ's entries, in order, from :data:`PARAMETERS`; the others keep
         their values in ``config``.
     summaries : sequence of str
         Summary blocks, concatenated in order, from :data:`SUMMARIES`.
@@ -119,8 +116,8 @@ class ForwardModel:
         self.parameters = tuple(parameters)
         self.summaries = tuple(summaries)
         for name in self.parameters:
-            if name not in COSMOLOGY_PARAMETERS:
-                raise ValueError(f"unknown parameter {name!r}; choose from {COSMOLOGY_PARAMETERS}")
+            if name not in PARAMETERS:
+                raise ValueError(f"unknown parameter {name!r}; choose from {PARAMETERS}")
         if len(set(self.parameters)) != len(self.parameters):
             raise ValueError(f"repeated parameter in {self.parameters}")
         for name in self.summaries:

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from cocasbi.cosmology import Cosmology
-from cocasbi.mesh import wavenumbers
+from cocasbi.fft import wavenumbers
+from cocasbi.seeds import as_seed_sequence
 
 
 def linear_field_modes(n: int, box_size: float, cosmo: Cosmology, seed,
@@ -29,8 +30,7 @@ def linear_field_modes(n: int, box_size: float, cosmo: Cosmology, seed,
     mode and the Nyquist planes are zeroed. ``fixed_amplitude`` sets |δ_k|² = ⟨|δ_k|²⟩ and
     ``paired`` flips the sign of every mode (Angulo & Pontzen 2016).
     """
-    rng = np.random.default_rng(seed if isinstance(seed, np.random.SeedSequence)
-                                else np.random.SeedSequence(seed))
+    rng = np.random.default_rng(as_seed_sequence(seed))
     white = rng.standard_normal((n, n, n))
     modes = np.fft.rfftn(white)
     if fixed_amplitude:

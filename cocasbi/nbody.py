@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from cocasbi.cosmology import Cosmology
 from cocasbi.ic import LPTFields
-from cocasbi.mesh import ForceSolver
+from cocasbi.gravity import ForceSolver
 
 
 # ---------------------------------------------------------------------------- schedules

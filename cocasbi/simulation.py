@@ -14,8 +14,10 @@ import numpy as np
 from cocasbi.config import Config
 from cocasbi.cosmology import Cosmology
 from cocasbi.ic import LPTFields, linear_field_modes, lpt_fields
-from cocasbi.mesh import ForceSolver
+from cocasbi.gravity import ForceSolver
 from cocasbi.nbody import Frame, Stepper, TimeSchedule, force_schedule
+from cocasbi.seeds import as_seed_sequence, describe
+from cocasbi.threads import numba_threads
 
 
 @dataclass
@@ -34,8 +36,12 @@ class Snapshot:
 
 @dataclass
 class SimulationResult:
+    """One finished run. ``seed`` records the stream the initial phases came from, as
+    ``{"entropy": int, "spawn_key": [...]}`` (:func:`cocasbi.seeds.describe`), whether it was
+    passed as an int or as a SeedSequence."""
+
     config: Config
-    seed: int
+    seed: dict
     cosmology: Cosmology
     lpt: LPTFields
     schedule: TimeSchedule
@@ -60,7 +66,7 @@ def initial_conditions(cfg: Config, cosmo: Cosmology, seed=None) -> LPTFields:
     """LPT fields for the configured grid; ``seed`` (int or SeedSequence) overrides the config."""
     sim = cfg.simulation
     modes = linear_field_modes(
-        sim.n_particles, sim.box_size, cosmo, sim.seed if seed is None else seed,
+        sim.n_particles, sim.box_size, cosmo, as_seed_sequence(sim.seed if seed is None else seed),
         fixed_amplitude=sim.fixed_amplitude, paired=sim.paired,
     )
     return lpt_fields(modes, sim.box_size, sim.n_mesh, order=sim.lpt_order)
@@ -79,7 +85,7 @@ def simulate(cfg: Config, seed=None, frame: Frame | None = None, forces="all",
     """
     t0 = time.perf_counter()
     sim = cfg.simulation
-    seed = sim.seed if seed is None else seed
+    seed = as_seed_sequence(sim.seed if seed is None else seed)
     cosmo = Cosmology.from_config(cfg.cosmology)
     schedule = TimeSchedule.from_config(sim)
     mask = force_schedule(forces, schedule.n_steps, sim.final_kick)
@@ -92,17 +98,18 @@ def simulate(cfg: Config, seed=None, frame: Frame | None = None, forces="all",
     if solver is None:
         solver = ForceSolver(sim.n_mesh, sim.box_size, cosmo.Omega_m, sim.kernel, sim.threads)
     snaps = _SnapshotTaker(sim.snapshots)
-    stepper = Stepper(
-        cosmo, lpt, schedule, solver, sim.box_size, method=sim.method,
-        pm_factors=sim.pm_factors, frame=frame, forces=mask,
-        observers=[snaps, *observers],
-    ).run(progress=progress)
+    with numba_threads(sim.threads):
+        stepper = Stepper(
+            cosmo, lpt, schedule, solver, sim.box_size, method=sim.method,
+            pm_factors=sim.pm_factors, frame=frame, forces=mask,
+            observers=[snaps, *observers],
+        ).run(progress=progress)
     final = Snapshot(float(schedule.boundaries[-1]), stepper.x, stepper.momenta())
     if not (np.isfinite(final.positions).all() and np.isfinite(final.momenta).all()):
         raise FloatingPointError(
-            f"simulation {cfg.name!r} (seed {seed}) produced non-finite positions or momenta")
+            f"simulation {cfg.name!r} (seed {describe(seed)}) produced non-finite positions or momenta")
     return SimulationResult(
-        config=cfg, seed=int(seed) if np.isscalar(seed) else -1, cosmology=cosmo, lpt=lpt,
+        config=cfg, seed=describe(seed), cosmology=cosmo, lpt=lpt,
         schedule=schedule, final=final, snapshots=snaps.taken,
         n_force_evaluations=stepper.n_force_evaluations,
         wall_time=time.perf_counter() - t0, frame_seconds=t_frame,

@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from cocasbi.cli.campaign import app as campaign_app
 from cocasbi.campaign import (
     CampaignConfig,
     ExecutionConfig,
     WorkerLayout,
-    campaign_app,
     campaign_status,
     choose_layout,
     load_campaign_config,
@@ -338,10 +338,10 @@ def test_cli_plan_status_merge(tmp_path):
 
 
 def test_cli_run_end_to_end(tmp_path):
-    """`python -m cocasbi.campaign run` on real tiny simulations, in a fresh process."""
+    """`python -m cocasbi campaign run` on real tiny simulations, in a fresh process."""
     cfg_path = tmp_path / "c.yaml"
     cfg_path.write_text(campaign(tmp_path / "out", n=4).to_yaml())
-    run = subprocess.run([sys.executable, "-m", "cocasbi.campaign", "run", str(cfg_path),
+    run = subprocess.run([sys.executable, "-m", "cocasbi", "campaign", "run", str(cfg_path),
                           "--workers", "2", "--no-progress"], capture_output=True, text=True,
                          timeout=300)
     assert run.returncode == 0, run.stderr

@@ -91,7 +91,7 @@ def test_basis_exact_for_low_rank_data(small_data):
 # ---------------------------------------------------------------------------- transfer
 def _gradient_field(rng, n, box):
     """A random curl-free vector field (N³, 3) with a red spectrum."""
-    from cocasbi.mesh import wavenumbers
+    from cocasbi.fft import wavenumbers
 
     kx, ky, kz = wavenumbers(n, box)
     k2 = kx**2 + ky**2 + kz**2

@@ -5,7 +5,7 @@ import pytest
 
 from cocasbi.cosmology import Cosmology
 from cocasbi.ic import lagrangian_grid, linear_field_modes, lpt_fields
-from cocasbi.mesh import wavenumbers
+from cocasbi.fft import wavenumbers
 
 L, N = 100.0, 32
 

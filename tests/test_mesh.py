@@ -4,7 +4,9 @@ import numba
 import numpy as np
 import pytest
 
-from cocasbi.mesh import FFT, ForceSolver, paint_cic, readout_cic
+from cocasbi.cic import paint_cic, readout_cic
+from cocasbi.fft import FFT
+from cocasbi.gravity import ForceSolver
 
 OMEGA_M = 0.3
 THREADS = 1  # small meshes: one thread avoids slow threaded FFTW planning on a busy machine
@@ -227,10 +229,10 @@ def test_two_particle_force_approaches_inverse_square():
 
 def test_numpy_fft_fallback_gives_the_same_force(monkeypatch):
     """Without pyFFTW the solver falls back to numpy.fft: same force to float32 round-off."""
-    from cocasbi import mesh
+    from cocasbi import gravity
 
     q = np.random.default_rng(5).uniform(0, 32.0, (512, 3))
-    with_fftw = mesh.ForceSolver(16, 32.0, 0.3)(q)
-    monkeypatch.setattr(mesh, "HAVE_PYFFTW", False)
-    fallback = mesh.ForceSolver(16, 32.0, 0.3)(q)
+    with_fftw = gravity.ForceSolver(16, 32.0, 0.3)(q)
+    monkeypatch.setattr(gravity, "HAVE_PYFFTW", False)
+    fallback = gravity.ForceSolver(16, 32.0, 0.3)(q)
     np.testing.assert_allclose(fallback, with_fftw, atol=1e-5 * np.abs(with_fftw).max())

@@ -9,7 +9,7 @@ import pytest
 from cocasbi.config import ConfigError, load_config
 from cocasbi.cosmology import Cosmology
 from cocasbi.ic import LPTFields, lagrangian_grid, linear_field_modes, lpt_fields
-from cocasbi.mesh import ForceSolver
+from cocasbi.gravity import ForceSolver
 from cocasbi.nbody import Stepper, TimeSchedule, force_schedule
 from cocasbi.simulation import simulate
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from cocasbi.mesh import paint_cic
+from cocasbi.cic import paint_cic
 from cocasbi.stats import CrossPowerSpectrum, PowerSpectrum, cross_power, power_spectrum
 
 L = 100.0  # box side [Mpc/h]

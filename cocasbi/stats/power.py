@@ -4,7 +4,7 @@ Conventions (docs/statistics.md):
 
 * Fourier transform δ_k = Σ_x δ(x) e^{−ik·x} (unnormalised), P(k) = V/N⁶ |δ_k|² with V = L³
   and N the mesh cells per side.
-* Particles are painted with CIC (:func:`cocasbi.mesh.paint_cic`, mesh nodes at j L/N) and, by
+* Particles are painted with CIC (:func:`cocasbi.cic.paint_cic`, mesh nodes at j L/N) and, by
   default, δ_k is divided by the CIC window Π_i sinc²(k_i Δ/2), Δ = L/N, sinc(x) = sin(x)/x.
   Aliasing is not corrected. Shot noise V/N_part is reported, never subtracted.
 * Linear bins [k_min + i dk, k_min + (i+1) dk): by default dk = k_f = 2π/L and k_min = k_f/2,
@@ -16,7 +16,7 @@ Conventions (docs/statistics.md):
   independent complex modes is about N_modes/2.
 
 Meshes are transformed in single precision (the float32/complex64 plans of
-:class:`cocasbi.mesh.FFT`); bin sums are accumulated in float64.
+:class:`cocasbi.fft.FFT`); bin sums are accumulated in float64.
 """
 
 from __future__ import annotations
@@ -30,7 +30,8 @@ import numba
 import numpy as np
 
 from cocasbi import __version__
-from cocasbi.mesh import FFT, paint_cic, wavenumbers
+from cocasbi.cic import paint_cic
+from cocasbi.fft import FFT, wavenumbers
 
 __all__ = ["CrossPowerSpectrum", "PowerSpectrum", "cross_power", "power_spectrum"]
 

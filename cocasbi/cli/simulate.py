@@ -1,39 +1,16 @@
-"""The ``cocasbi`` command line: ``simulate`` and the ``frame`` / ``campaign`` groups."""
+"""``cocasbi simulate``: one simulation, its snapshot, P(k) file and plot, and a summary."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 import typer
 
-from cocasbi.config import ConfigError, load_config
+from cocasbi.cli.common import fail, writable_directory
+from cocasbi.config import load_config
 
-app = typer.Typer(
-    help="COCA-accelerated particle-mesh simulations for cosmological simulation-based "
-    "inference.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-)
-
-
-def _fail(message: str, code: int = 2):
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(code)
-
-
-def _writable_directory(path: Path) -> Path:
-    """Create ``path`` if needed and prove it is writable, before any expensive work."""
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / f".cocasbi-write-test-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as err:
-        _fail(f"output directory {path} is not writable: {err.strerror or err}")
-    return path
+app = typer.Typer()
 
 
 def plot_power(path: Path, ps, linear_k, linear_p, title: str, shot_noise: float) -> None:
@@ -78,32 +55,29 @@ def simulate(
     progress: bool = typer.Option(True, help="Show a progress bar."),
 ):
     """Run one simulation: snapshot, P(k) file and plot, and a summary on the terminal."""
-    try:
-        cfg = load_config(config)
-        changes = {k: v for k, v in
-                   {"method": method, "n_steps": steps, "seed": seed}.items() if v is not None}
-        if frame is not None and method is None:
-            changes["method"] = "coca"
-        if changes:
-            cfg = cfg.replace(simulation=changes)
-        if out is not None:
-            cfg = cfg.replace(output={"directory": str(out)})
-    except ConfigError as err:
-        _fail(str(err))
+    cfg = load_config(config)
+    changes = {k: v for k, v in
+               {"method": method, "n_steps": steps, "seed": seed}.items() if v is not None}
+    if frame is not None and method is None:
+        changes["method"] = "coca"
+    if changes:
+        cfg = cfg.replace(simulation=changes)
+    if out is not None:
+        cfg = cfg.replace(output={"directory": str(out)})
     sim = cfg.simulation
-    outdir = _writable_directory(Path(cfg.output.directory))
+    outdir = writable_directory(Path(cfg.output.directory))
     frame_obj = None
     if sim.method == "coca":
         if frame is None:
-            _fail("method coca needs --frame PATH (or --frame tiny for the shipped frame)")
+            fail("method coca needs --frame PATH (or --frame tiny for the shipped frame)")
         from cocasbi.frame.emulator import load_frame
 
         try:
             frame_obj = load_frame(frame)
         except (OSError, ValueError, KeyError) as err:
-            _fail(f"cannot load frame {frame}: {err}")
+            fail(f"cannot load frame {frame}: {err}")
     elif forces != "all":
-        _fail(f"--forces {forces} needs method coca (PM and COLA evaluate every force)")
+        fail(f"--forces {forces} needs method coca (PM and COLA evaluate every force)")
 
     from cocasbi.io.snapshot import write_snapshot
     from cocasbi.simulation import simulate as run_simulation
@@ -115,7 +89,7 @@ def simulate(
     try:
         result = run_simulation(cfg, frame=frame_obj, forces=forces, progress=progress)
     except (ValueError, FloatingPointError) as err:
-        _fail(str(err), code=1)
+        fail(str(err), code=1)
     stem = f"{cfg.name}_{sim.method}_seed{sim.seed}"
     files = []
     if snapshot:
@@ -148,25 +122,3 @@ def simulate(
     for f in files:
         typer.echo(f"wrote {f}")
 
-
-def _mount_optional_groups():
-    try:
-        from cocasbi.frame.cli import frame_app
-    except ImportError:  # torch missing: the frame commands need the ml extra
-        frame_app = None
-    if frame_app is not None:
-        app.add_typer(frame_app, name="frame", help="COCA frame emulator: data, training.")
-    try:
-        from cocasbi.campaign import campaign_app
-    except ImportError:  # dask missing: the campaign commands need the dask extra
-        campaign_app = None
-    if campaign_app is not None:
-        app.add_typer(campaign_app, name="campaign",
-                      help="Simulation campaigns on Dask: plan, run, status, merge.")
-
-
-_mount_optional_groups()
-
-
-def main():
-    app()

@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-frame_app = typer.Typer(help="COCA frame emulator: training data and training.",
+app = typer.Typer(help="COCA frame emulator: training data and training.",
                         no_args_is_help=True)
 
 
@@ -29,7 +29,7 @@ def _parse_prior(prior: list[str] | None) -> dict[str, tuple[float, float]] | No
     return out or None
 
 
-@frame_app.command("make-data")
+@app.command("make-data")
 def make_data(
     config: Annotated[str, typer.Argument(help="config file or built-in name (tiny, paper)")],
     out: Annotated[Path, typer.Option("--out", "-o", help="output directory (one HDF5 per sim)")],
@@ -51,7 +51,7 @@ def make_data(
     typer.echo(f"{len(paths)} simulations in {out}")
 
 
-@frame_app.command("train")
+@app.command("train")
 def train_cmd(
     data: Annotated[Path, typer.Argument(help="directory written by make-data")],
     out: Annotated[Path, typer.Option("--out", "-o", help="frame file (.npz transfer, .pt vnet)")],

@@ -1,0 +1,82 @@
+"""Explicit process state: thread counts and the OpenMP wait policy, set only when asked.
+
+No cocasbi module changes the process at import. Entry points call :func:`configure_process`
+once (the ``cocasbi`` CLI does, and so does every campaign worker before its first simulation);
+library users may call it too, first thing. A simulation sets numba's thread count only for its
+own calling thread and restores it afterwards (:func:`numba_threads`), so two simulations may
+run side by side in one process.
+
+Why the wait policy: numba (omp threading layer) and pyFFTW each run their own GNU OpenMP pool;
+by default their idle threads spin for ~300k iterations (several ms) after every parallel
+region, stealing the cores the other pool needs next (paint → r2c → Green → c2r → stencil →
+readout alternate). A short spin (``GOMP_SPINCOUNT=10000``) keeps the pools responsive inside a
+transform but yields the cores soon after. It must be in the environment before libgomp loads
+(before pyFFTW or numba's parallel code are imported or spawned); an explicit
+``OMP_WAIT_POLICY`` or ``GOMP_SPINCOUNT`` from the user wins.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from contextlib import contextmanager
+
+SPIN_COUNT = "10000"
+_POOLS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+
+def default_threads(threads: int = 0) -> int:
+    """Thread count: the given one, or every core this process may use when 0."""
+    if threads > 0:
+        return threads
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+
+def wait_policy_environment(environ=None) -> dict[str, str]:
+    """The OpenMP wait-policy variables to add to ``environ`` (default ``os.environ``)."""
+    environ = os.environ if environ is None else environ
+    if "OMP_WAIT_POLICY" in environ or "GOMP_SPINCOUNT" in environ:
+        return {}
+    return {"GOMP_SPINCOUNT": SPIN_COUNT}
+
+
+def worker_environment(threads: int) -> dict[str, str]:
+    """Environment for a worker *process about to be spawned*: caps the BLAS / OpenMP pools
+    at ``threads`` and sets the wait policy. NUMBA_NUM_THREADS is deliberately absent: numba
+    refuses a change of it once its pool runs; :func:`configure_process` in the worker sets
+    numba's count instead."""
+    env = {name: str(threads) for name in _POOLS}
+    env.update(wait_policy_environment())
+    return env
+
+
+def configure_process(threads: int = 0) -> int:
+    """Configure this process for simulations with ``threads`` threads (0 = all cores).
+
+    Sets the OpenMP wait policy (effective only if libgomp is not loaded yet), numba's thread
+    count for the calling thread (capped at NUMBA_NUM_THREADS) and, if torch is loaded, torch's
+    intra-op pool. Returns the thread count used.
+    """
+    for key, value in wait_policy_environment().items():
+        os.environ.setdefault(key, value)
+    threads = default_threads(threads)
+    import numba
+
+    numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(threads)
+    return threads
+
+
+@contextmanager
+def numba_threads(threads: int = 0):
+    """Run the block with numba's thread count (of this thread only) set to ``threads``
+    (0 = all cores, capped at NUMBA_NUM_THREADS); the previous count is restored."""
+    import numba
+
+    previous = numba.get_num_threads()
+    numba.set_num_threads(max(1, min(default_threads(threads), numba.config.NUMBA_NUM_THREADS)))
+    try:
+        yield
+    finally:
+        numba.set_num_threads(previous)
