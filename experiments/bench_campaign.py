@@ -47,7 +47,7 @@ from cocasbi.campaign import (
 )
 from cocasbi.forward import ForwardModel, ForwardSpec
 from cocasbi.io.campaign_store import CampaignStore
-from cocasbi.mesh import default_threads
+from cocasbi.threads import default_threads
 
 LAYOUTS = ((1, 1), (2, 1), (1, 2))
 KMAX = {"tiny": 1.0, "paper": 0.8}  # [h/Mpc], as in configs/campaign_*.yaml
