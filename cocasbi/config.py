@@ -1,7 +1,14 @@
 """Validated, frozen configuration models loaded from YAML.
 
 Every numerical choice of a run lives in one :class:`Config`. Unknown keys are rejected and
-every error names the offending field, before any expensive work starts.
+every error names the offending field, before any expensive work starts: values must be finite
+numbers of the right type (``n_steps: true`` is not 1), cosmological parameters lie in
+:data:`cocasbi.cosmology.PARAMETER_RANGES`, a YAML mapping may not repeat a key, and a run whose
+particles and mesh would not fit in memory is refused before anything is allocated.
+
+Built-in configurations ship with the package, one folder per kind
+(``configs/simulation``, ``configs/campaign``, ``configs/inference``, ``configs/certify``), and
+are named without folder or suffix: ``load_config("tiny")`` is ``configs/simulation/tiny.yaml``.
 """
 
 from __future__ import annotations
@@ -14,9 +21,22 @@ import numpy as np
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from cocasbi.cosmology import check_parameter
+
+#: Configuration kinds, each a folder of built-in YAML files under ``configs/``.
+KINDS = ("simulation", "campaign", "inference", "certify")
+
+#: Top-level keys that identify a file of another kind than ``simulation``.
+_KIND_MARKERS = {"campaign": {"n_simulations", "master_seed", "forward", "execution"},
+                 "inference": {"campaign", "npe", "observation"},
+                 "certify": {"thresholds", "reference", "under_test"}}
+
 
 class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    """Frozen, unknown keys rejected, no silent coercion (``true`` is not 1, "3" is not 3),
+    non-finite floats rejected."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True, allow_inf_nan=False)
 
 
 class CosmologyConfig(_Frozen):
@@ -30,6 +50,13 @@ class CosmologyConfig(_Frozen):
     transfer: Literal["eisenstein_hu", "eisenstein_hu_nowiggle", "camb", "class"] = Field(
         "eisenstein_hu", description="linear transfer function back-end"
     )
+
+    @field_validator("Omega_m", "Omega_b", "h", "n_s", "sigma8", mode="before")
+    @classmethod
+    def _in_range(cls, v, info):
+        if isinstance(v, bool) or not isinstance(v, int | float):
+            raise ValueError(f"must be a number, not {v!r}")
+        return check_parameter(info.field_name, v)
 
     @model_validator(mode="after")
     def _baryons_below_matter(self):
@@ -106,7 +133,7 @@ class PowerConfig(_Frozen):
 
 
 class OutputConfig(_Frozen):
-    directory: Path = Path("output")
+    directory: Path = Field(Path("output"), strict=False, description="output folder")
     snapshot: bool = True
     plot: bool = True
 
@@ -160,19 +187,81 @@ def config_from_dict(data: dict, source: str = "<dict>") -> Config:
         raise ConfigError(_format_validation(err, source)) from None
 
 
-def builtin_config_path(name: str) -> Path:
-    """Path of a configuration shipped with the package (``tiny``, ``paper``, ...)."""
-    path = Path(str(resources.files("cocasbi") / "configs" / f"{name}.yaml"))
-    if not path.is_file():
-        raise ConfigError(f"no built-in configuration named {name!r}")
-    return path
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML safe loader that refuses a mapping which repeats a key (PyYAML keeps the last)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                duplicate = key in seen
+            except TypeError:  # unhashable key: let PyYAML report it
+                break
+            if duplicate:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r}", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
 
 
-def resolve_config_path(path: str | Path, what: str = "configuration") -> Path:
-    """An existing YAML file: ``path`` itself, or the built-in config of that name."""
+def read_yaml(path: Path) -> dict:
+    """The top-level mapping of a YAML file (empty file: ``{}``); ConfigError naming the file
+    for unreadable bytes, invalid YAML, a repeated key or a top level that is not a mapping."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path} is not a text (UTF-8) YAML file") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path} is a directory, not a YAML file") from None
+    try:
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path} is not valid YAML: {' '.join(str(err).split())}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping, not {type(data).__name__}")
+    return data
+
+
+def config_kind(data: dict) -> str:
+    """The kind of configuration a top-level mapping looks like (``simulation`` by default)."""
+    for kind, markers in _KIND_MARKERS.items():
+        if markers & set(data):
+            return kind
+    return "simulation"
+
+
+def builtin_config_path(name: str, kind: str = "simulation") -> Path:
+    """Path of a configuration of ``kind`` shipped with the package (``tiny``, ``paper``, ...).
+
+    A name that exists only under another kind is an error that says which kind it is."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown configuration kind {kind!r}; choose from {KINDS}")
+    root = resources.files("cocasbi") / "configs"
+    path = Path(str(root / kind / f"{name}.yaml"))
+    if path.is_file():
+        return path
+    others = [k for k in KINDS if k != kind and (root / k / f"{name}.yaml").is_file()]
+    if others:
+        raise ConfigError(f"{name!r} is a built-in {others[0]} configuration, not a {kind} "
+                          f"one: use it with `cocasbi {_COMMAND[others[0]]}`")
+    names = sorted(p.name[:-5] for p in (root / kind).iterdir() if p.name.endswith(".yaml"))
+    raise ConfigError(f"no built-in {kind} configuration named {name!r} "
+                      f"(built-in: {', '.join(names)})")
+
+
+_COMMAND = {"simulation": "simulate", "campaign": "campaign run", "inference": "infer pipeline",
+            "certify": "certify"}
+
+
+def resolve_config_path(path: str | Path, what: str = "configuration",
+                        kind: str = "simulation") -> Path:
+    """An existing YAML file: ``path`` itself, or the built-in config of that name and kind."""
     path = Path(path)
     if not path.suffix and not path.exists():
-        path = builtin_config_path(str(path))
+        path = builtin_config_path(str(path), kind)
     if not path.is_file():
         raise ConfigError(f"{what} file not found: {path}")
     return path
@@ -181,10 +270,9 @@ def resolve_config_path(path: str | Path, what: str = "configuration") -> Path:
 def load_config(path: str | Path) -> Config:
     """Load a YAML file (or the name of a built-in config) into a validated :class:`Config`."""
     path = resolve_config_path(path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path} is not valid YAML: {err}") from None
-    if data is not None and not isinstance(data, dict):
-        raise ConfigError(f"{path}: top level must be a mapping")
+    data = read_yaml(path)
+    kind = config_kind(data)
+    if kind != "simulation":
+        raise ConfigError(f"{path} is a {kind} configuration, not a simulation one: use it "
+                          f"with `cocasbi {_COMMAND[kind]}`")
     return config_from_dict(data, source=str(path))

@@ -12,7 +12,6 @@ import importlib
 import importlib.util
 import os
 
-import click
 import typer
 from typer.core import TyperGroup
 
@@ -35,15 +34,6 @@ USER_ERRORS = (ValueError, OSError, ImportError, FloatingPointError, MemoryError
                TypeError)
 
 
-class CommandError(click.ClickException):
-    """A user-facing failure: printed as one ``error: ...`` line, exit code 2."""
-
-    exit_code = 2
-
-    def show(self, file=None):
-        click.echo(f"error: {self.message}", err=True, file=file)
-
-
 def error_message(err: BaseException) -> str:
     """One line naming the problem (a multi-line message is joined with "; ")."""
     lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()]
@@ -56,7 +46,8 @@ def error_message(err: BaseException) -> str:
 
 class LazyGroup(TyperGroup):
     """A click group whose subcommands are imported on first use, and the one error path:
-    any of :data:`USER_ERRORS` raised by a command becomes a :class:`CommandError`."""
+    any of :data:`USER_ERRORS` raised by a command is printed as one ``error: ...`` line on
+    stderr and ends the process with exit code 2."""
 
     def invoke(self, ctx):
         try:
@@ -64,7 +55,8 @@ class LazyGroup(TyperGroup):
         except USER_ERRORS as err:
             if os.environ.get("COCASBI_DEBUG"):
                 raise
-            raise CommandError(error_message(err)) from err
+            typer.secho(f"error: {error_message(err)}", fg=typer.colors.RED, err=True)
+            raise typer.Exit(2) from None
 
     def list_commands(self, ctx):
         return [name for name, (module, _, _) in COMMANDS.items()
@@ -92,6 +84,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,
 )
 
 

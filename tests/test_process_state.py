@@ -1,0 +1,79 @@
+"""Nothing changes the process at import; simulations set threads for their own thread only."""
+
+import subprocess
+import sys
+import textwrap
+
+import numba
+import numpy as np
+
+from cocasbi.config import load_config
+from cocasbi.simulation import simulate
+from cocasbi.threads import configure_process, numba_threads, worker_environment
+
+IMPORT_EVERYTHING = textwrap.dedent("""
+    import importlib, json, os, pkgutil, sys
+    import numba, torch
+    import cocasbi
+    before = (dict(os.environ), numba.get_num_threads(), torch.get_num_threads())
+    names = sorted(m.name for m in pkgutil.walk_packages(cocasbi.__path__, "cocasbi.")
+                   if not m.name.endswith("__main__"))
+    for name in names:
+        importlib.import_module(name)
+    after = (dict(os.environ), numba.get_num_threads(), torch.get_num_threads())
+    changed = sorted(k for k in set(before[0]) | set(after[0])
+                     if before[0].get(k) != after[0].get(k))
+    print(json.dumps({"modules": names, "env": changed, "numba": [before[1], after[1]],
+                      "torch": [before[2], after[2]]}))
+""")
+
+
+def test_importing_every_module_changes_nothing():
+    import json
+
+    out = subprocess.run([sys.executable, "-c", IMPORT_EVERYTHING], capture_output=True,
+                         text=True, timeout=300, check=True)
+    report = json.loads(out.stdout.strip().splitlines()[-1])
+    assert len(report["modules"]) > 20  # the walk really imported the package
+    assert report["env"] == [], f"import changed the environment: {report['env']}"
+    assert report["numba"][0] == report["numba"][1]
+    assert report["torch"][0] == report["torch"][1]
+
+
+def test_numba_threads_is_scoped_to_the_block():
+    before = numba.get_num_threads()
+    with numba_threads(1):
+        assert numba.get_num_threads() == 1
+    assert numba.get_num_threads() == before
+
+
+def test_simulation_restores_the_callers_thread_count():
+    cfg = load_config("tiny").replace(simulation={"n_steps": 1, "threads": 1})
+    before = numba.get_num_threads()
+    simulate(cfg)
+    assert numba.get_num_threads() == before
+
+
+def test_worker_environment_never_sets_numba_threads(monkeypatch):
+    monkeypatch.delenv("GOMP_SPINCOUNT", raising=False)
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    env = worker_environment(3)
+    assert "NUMBA_NUM_THREADS" not in env  # numba refuses a change once its pool runs
+    assert env["OMP_NUM_THREADS"] == "3" and env["GOMP_SPINCOUNT"] == "10000"
+    monkeypatch.setenv("OMP_WAIT_POLICY", "passive")  # the user's choice wins
+    assert "GOMP_SPINCOUNT" not in worker_environment(3)
+
+
+def test_configure_process_sets_the_calling_thread():
+    before = numba.get_num_threads()
+    try:
+        assert configure_process(1) == 1 and numba.get_num_threads() == 1
+    finally:
+        numba.set_num_threads(before)
+
+
+def test_same_bits_for_one_and_two_threads():
+    cfg = load_config("tiny").replace(simulation={"n_steps": 3})
+    one = simulate(cfg.replace(simulation={"threads": 1})).final.positions
+    two = simulate(cfg.replace(simulation={"threads": 2})).final.positions
+    np.testing.assert_array_equal(one, two)
