@@ -140,8 +140,8 @@ class BoxPrior:
         import torch
         from sbi.utils import BoxUniform
 
-        return BoxUniform(low=torch.as_tensor(self.low, dtype=torch.float32),
-                          high=torch.as_tensor(self.high, dtype=torch.float32), device=device)
+        return BoxUniform(low=torch.tensor(self.low, dtype=torch.float32),
+                          high=torch.tensor(self.high, dtype=torch.float32), device=device)
 
 
 #: The project's default prior (campaigns, frame training data, inference).

@@ -14,8 +14,8 @@ import numpy as np
 
 from cocasbi.config import Config
 from cocasbi.cosmology import Cosmology
-from cocasbi.ic import LPTFields, linear_field_modes, lpt_fields
 from cocasbi.gravity import ForceSolver
+from cocasbi.ic import LPTFields, linear_field_modes, lpt_fields
 from cocasbi.nbody import Frame, Stepper, TimeSchedule, force_schedule
 from cocasbi.seeds import as_seed_sequence, describe
 from cocasbi.threads import numba_threads
@@ -140,7 +140,8 @@ def simulate(cfg: Config, seed=None, frame: Frame | None = None, forces="all",
     final = Snapshot(float(schedule.boundaries[-1]), stepper.x, stepper.momenta())
     if not (np.isfinite(final.positions).all() and np.isfinite(final.momenta).all()):
         raise FloatingPointError(
-            f"simulation {cfg.name!r} (seed {describe(seed)}) produced non-finite positions or momenta")
+            f"simulation {cfg.name!r} (seed {describe(seed)}) produced non-finite positions "
+            "or momenta")
     return SimulationResult(
         config=cfg, seed=describe(seed), cosmology=cosmo, lpt=lpt,
         schedule=schedule, final=final, snapshots=snaps.taken,
