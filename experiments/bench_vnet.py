@@ -19,7 +19,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from cocasbi.frame.train import resolve_device
+from cocasbi.frame.checkpoint import resolve_device
 from cocasbi.frame.vnet import StyledVNet
 
 

@@ -3,13 +3,13 @@
 Recipe (deterministic; about 1 minute of COLA runs plus a few seconds of fitting):
 
 1. 32 COLA simulations of ``tiny.yaml`` (32³ particles, 64 Mpc/h, 10 steps, fiducial
-   cosmology), initial conditions from ``SeedSequence(1, spawn_key=(i,))``, i = 0 … 31,
-   stored with :func:`cocasbi.frame.data.make_training_data` in ``DATA_DIR`` (resumable);
+   cosmology), initial conditions from ``simulation_seed(1, i)``, i = 0 … 31, stored with
+   :func:`cocasbi.frame.training.data.make_training_data` in ``DATA_DIR`` (resumable);
 2. SVD time basis of their residual momenta, K = 4 functions;
 3. transfer functions T1_k, T2_k(|k|) fitted by linear least squares, cosmology degree 0
    (single cosmology).
 
-The held-out seeds used by the tests are ``SeedSequence(2, spawn_key=(i,))``.
+The held-out seeds used by the tests are ``simulation_seed(2, i)``.
 
     python experiments/make_tiny_frame.py [DATA_DIR]
 """
@@ -20,10 +20,11 @@ import sys
 from pathlib import Path
 
 from cocasbi.config import load_config
-from cocasbi.frame.basis import fit_time_basis
-from cocasbi.frame.data import make_training_data
 from cocasbi.frame.emulator import FrameEmulator
-from cocasbi.frame.transfer import CosmologyFeatures, fit_transfer
+from cocasbi.frame.training.basis import fit_time_basis
+from cocasbi.frame.training.data import make_training_data
+from cocasbi.frame.training.transfer import fit_transfer
+from cocasbi.frame.transfer import CosmologyFeatures
 
 MASTER_SEED, N_SIMS, K = 1, 32, 4
 OUT = Path(__file__).resolve().parents[1] / "cocasbi" / "data" / "frame_tiny.npz"

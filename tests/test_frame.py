@@ -10,11 +10,14 @@ import pytest
 
 from cocasbi.config import load_config
 from cocasbi.cosmology import Cosmology
-from cocasbi.frame.basis import TimeBasis, fit_time_basis
-from cocasbi.frame.data import ic_seed, list_samples, make_training_data, read_sample
+from cocasbi.frame.basis import TimeBasis
 from cocasbi.frame.emulator import FrameEmulator, load_frame
-from cocasbi.frame.transfer import CosmologyFeatures, TransferFitter, fit_transfer
+from cocasbi.frame.training.basis import fit_time_basis
+from cocasbi.frame.training.data import list_samples, make_training_data, read_sample
+from cocasbi.frame.training.transfer import TransferFitter, fit_transfer
+from cocasbi.frame.transfer import CosmologyFeatures
 from cocasbi.nbody import ResidualRecorder
+from cocasbi.seeds import simulation_seed
 from cocasbi.simulation import simulate
 
 
@@ -39,10 +42,11 @@ def test_data_round_trip(small_cfg, small_data):
     n = 16
     assert s.psi1.shape == (n, n, n, 3) and s.psi1.dtype == np.float32
     assert s.residual.shape == (7, n, n, n, 3) and s.residual.dtype == np.float32
-    assert s.cosmology["Omega_m"] == pytest.approx(0.31) and s.index == 1
+    assert s.cosmology["Omega_m"] == pytest.approx(0.31)
+    assert s.seed.entropy == 5 and s.seed.spawn_key == (1,)  # simulation_seed(5, 1)
     # the stored data are those of an independent COLA run with the same seed stream
     rec = ResidualRecorder()
-    res = simulate(small_cfg, seed=ic_seed(5, 1), observers=[rec])
+    res = simulate(small_cfg, seed=simulation_seed(5, 1), observers=[rec])
     np.testing.assert_array_equal(s.times, res.schedule.query_times())
     np.testing.assert_array_equal(s.psi1, res.lpt.psi1.reshape(n, n, n, 3).astype(np.float32))
     np.testing.assert_array_equal(
@@ -141,7 +145,7 @@ def test_transfer_recovers_known_functions():
 def held_out():
     """A tiny COLA run from a seed stream the shipped frame never saw (train used master 1)."""
     cfg = load_config("tiny")
-    seed = ic_seed(2, 0)
+    seed = simulation_seed(2, 0)
     rec = ResidualRecorder()
     res = simulate(cfg, seed=seed, observers=[rec])
     return cfg, seed, res, rec.frame()

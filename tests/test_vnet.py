@@ -4,13 +4,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from cocasbi.frame.train import (  # noqa: E402
-    evaluate,
-    load_model,
-    random_periodic_crop,
-    save_model,
-    train,
-)
+from cocasbi.frame.checkpoint import load_model, save_model  # noqa: E402
+from cocasbi.frame.training.train import evaluate, random_periodic_crop, train  # noqa: E402
 from cocasbi.frame.vnet import StyledVNet  # noqa: E402
 
 TINY = dict(in_channels=3, out_channels=3, style_dim=3, base_channels=4, levels=2, mapping_dim=8)

@@ -43,7 +43,7 @@ def make_data(
 ):
     """Run COLA simulations and store LPT inputs and residual momenta (resumable)."""
     from cocasbi.config import load_config
-    from cocasbi.frame.data import make_training_data
+    from cocasbi.frame.training.data import make_training_data
 
     cfg = load_config(config)
     paths = make_training_data(cfg, out, n_sims, master_seed=seed, start=start,
@@ -56,46 +56,71 @@ def train_cmd(
     data: Annotated[Path, typer.Argument(help="directory written by make-data")],
     out: Annotated[Path, typer.Option("--out", "-o", help="frame file (.npz transfer, .pt vnet)")],
     kind: Annotated[str, typer.Option("--kind", help="transfer | vnet")] = "transfer",
-    K: Annotated[int, typer.Option("-K", "--n-basis", help="number of time-basis functions")] = 4,
-    degree: Annotated[int, typer.Option(
-        "--degree", help="polynomial degree in (Omega_m, sigma8); 0 = fixed")] = 0,
-    n_val: Annotated[int, typer.Option(
-        "--n-val", help="vnet: simulations held out for validation")] = 2,
-    epochs: Annotated[int, typer.Option("--epochs")] = 20,
-    lr: Annotated[float, typer.Option("--lr")] = 1e-3,
-    batch_size: Annotated[int, typer.Option("--batch-size")] = 4,
-    crop: Annotated[int, typer.Option(
-        "--crop", help="vnet: random periodic crop size (0 = full box)")] = 0,
-    base_channels: Annotated[int, typer.Option("--base-channels")] = 16,
-    levels: Annotated[int, typer.Option("--levels")] = 3,
-    device: Annotated[str, typer.Option("--device")] = "cpu",
+    config: Annotated[Path | None, typer.Option(
+        "--config", "-c", help="vnet: YAML training config (options below override it)")] = None,
+    K: Annotated[int | None, typer.Option(
+        "-K", "--n-basis", help="number of time-basis functions [default: 4]")] = None,
+    degree: Annotated[int | None, typer.Option(
+        "--degree", help="polynomial degree in (Omega_m, sigma8); 0 = fixed "
+        "[default: transfer 0, vnet base model 1]")] = None,
+    n_val: Annotated[int | None, typer.Option(
+        "--n-val", help="vnet: simulations held out for validation [default: 2]")] = None,
+    epochs: Annotated[int | None, typer.Option("--epochs", help="vnet [default: 20]")] = None,
+    lr: Annotated[float | None, typer.Option("--lr", help="vnet [default: 1e-3]")] = None,
+    batch_size: Annotated[int | None, typer.Option(
+        "--batch-size", help="vnet [default: 4]")] = None,
+    crop: Annotated[int | None, typer.Option(
+        "--crop", help="vnet: random periodic crop size (0 = full box) [default: 0]")] = None,
+    base_channels: Annotated[int | None, typer.Option(
+        "--base-channels", help="vnet [default: 16]")] = None,
+    levels: Annotated[int | None, typer.Option("--levels", help="vnet [default: 3]")] = None,
+    time_budget: Annotated[float | None, typer.Option(
+        "--time-budget", help="vnet: training time budget [s]")] = None,
+    seed: Annotated[int | None, typer.Option("--seed", help="vnet [default: 0]")] = None,
+    device: Annotated[str, typer.Option("--device", help="vnet: cpu, cuda or auto")] = "cpu",
     resume: Annotated[bool, typer.Option("--resume/--no-resume")] = False,
-    seed: Annotated[int, typer.Option("--seed")] = 0,
     progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
 ):
     """Fit a frame emulator on stored COLA residuals and save it (loads on CPU)."""
-    from cocasbi.frame.basis import fit_time_basis
-    from cocasbi.frame.data import list_samples
-    from cocasbi.frame.emulator import FrameEmulator
+    from cocasbi.frame.training.data import list_samples
 
     paths = list_samples(data)
     if not paths:
-        raise typer.BadParameter(f"no sim_*.h5 files in {data}")
+        raise ValueError(f"no sim_*.h5 files in {data}")
     if kind == "transfer":
-        from cocasbi.frame.transfer import CosmologyFeatures, fit_transfer
+        from cocasbi.frame.emulator import FrameEmulator
+        from cocasbi.frame.training.basis import fit_time_basis
+        from cocasbi.frame.training.transfer import fit_transfer
+        from cocasbi.frame.transfer import CosmologyFeatures
 
+        if config is not None:
+            raise ValueError("--config is a V-net training config; not used with --kind transfer")
+        K = 4 if K is None else K
+        degree = 0 if degree is None else degree
+        if K < 1:
+            raise ValueError(f"-K {K} must be >= 1")
         basis = fit_time_basis(paths, K=K)
         model = fit_transfer(paths, basis, CosmologyFeatures(degree=degree), progress=progress)
         meta = {"data": str(data), "n_train_sims": len(paths), "K": K, "degree": degree,
                 "captured_fraction": float(basis.captured_fraction()[K - 1])}
         path = FrameEmulator("transfer", basis, model, meta).save(out)
     elif kind == "vnet":
-        from cocasbi.frame.neural import train_vnet_frame
+        from cocasbi.frame.training.config import VNetTrainingConfig
+        from cocasbi.frame.training.neural import train_vnet_frame
 
-        path = train_vnet_frame(paths, out, K=K, n_val=n_val, epochs=epochs, lr=lr,
-                                batch_size=batch_size, crop=crop or None,
-                                base_channels=base_channels, levels=levels, device=device,
-                                resume=resume, seed=seed, progress=progress)
+        options = dict(K=K, degree=degree, n_val=n_val, epochs=epochs, lr=lr,
+                       batch_size=batch_size, crop=None if crop == 0 else crop,
+                       base_channels=base_channels, levels=levels, time_budget_s=time_budget,
+                       seed=seed)
+        if config is not None:
+            cfg = VNetTrainingConfig.from_yaml(config, **options)
+        else:
+            cfg = VNetTrainingConfig.from_dict({k: v for k, v in options.items()
+                                                if v is not None}, "command-line options")
+        if crop == 0:  # explicit "whole boxes" overrides a crop in the YAML file
+            cfg = VNetTrainingConfig.from_dict({**cfg.model_dump(), "crop": None})
+        path = train_vnet_frame(paths, out, cfg, device=device, resume=resume,
+                                progress=progress)
     else:
-        raise typer.BadParameter(f"--kind must be transfer or vnet, not {kind!r}")
+        raise ValueError(f"--kind must be transfer or vnet, not {kind!r}")
     typer.echo(f"saved {path}")

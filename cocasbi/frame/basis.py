@@ -19,15 +19,12 @@ All arrays are float64.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 from scipy.interpolate import CubicSpline
 
 from cocasbi.cosmology import Cosmology
-from cocasbi.frame.data import iter_samples
 
 
 @dataclass(frozen=True)
@@ -93,45 +90,3 @@ class TimeBasis:
         return cls(np.asarray(d["basis_times"], dtype=np.float64),
                    np.asarray(d["basis_functions"], dtype=np.float64),
                    np.asarray(d["basis_eigenvalues"], dtype=np.float64))
-
-
-def fit_time_basis(paths: Sequence[Path], K: int | None = None) -> TimeBasis:
-    """SVD time basis of the stored residuals of ``paths`` (all must share the query times).
-
-    K: number of functions kept (default: all n_t).
-    """
-    gram, times = None, None
-    for s in iter_samples(paths):
-        m = s.residual.reshape(len(s.times), -1).astype(np.float64)
-        if times is None:
-            times, gram = s.times, np.zeros((len(s.times), len(s.times)))
-        elif len(s.times) != len(times) or not np.allclose(s.times, times, rtol=1e-12):
-            raise ValueError(f"{s.path}: query times differ from the first file's")
-        gram += m @ m.T
-    if gram is None:
-        raise ValueError("no training files")
-    ev, vec = np.linalg.eigh(gram)
-    order = np.argsort(ev)[::-1]
-    ev, vec = ev[order], vec[:, order].T  # rows = time functions
-    # sign convention: the function is positive where it is largest in magnitude at late times
-    for k in range(len(vec)):
-        if vec[k, -1] < 0:
-            vec[k] = -vec[k]
-    basis = TimeBasis(np.asarray(times, dtype=np.float64), vec, ev)
-    return basis.truncated(K) if K else basis
-
-
-def truncation_error(basis: TimeBasis, residual: np.ndarray, K_values: Sequence[int]) -> dict:
-    """Relative error of the K-term reconstruction of one simulation's residual.
-
-    Returns {K: (all-times rms error / rms residual, error at the last time / rms there)}.
-    """
-    r = np.asarray(residual, dtype=np.float64).reshape(len(basis.times), -1)
-    out = {}
-    for K in K_values:
-        b = basis.functions[:K]
-        rec = b.T @ (b @ r)
-        err = rec - r
-        out[K] = (float(np.sqrt((err**2).sum() / (r**2).sum())),
-                  float(np.sqrt((err[-1] ** 2).sum() / (r[-1] ** 2).sum())))
-    return out

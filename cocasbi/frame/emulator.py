@@ -9,15 +9,14 @@ an :class:`EmulatedFrame`, which satisfies the :class:`cocasbi.nbody.Frame` prot
 
 Usage::
 
-    emu = load_frame("frame_tiny.npz")
-    simulate(cfg.replace(simulation={"method": "coca"}), seed, frame=emu, forces="even:2")
+    emu = load_frame("tiny")
+    simulate(cfg.replace(simulation={"method": "coca"}), seed=7, frame=emu, forces="even:2")
 
 (``simulate`` binds the emulator to the run's ICs; ``result.frame_seconds`` is the model time).
 """
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 from importlib import resources
@@ -25,20 +24,18 @@ from pathlib import Path
 
 import numpy as np
 
-from cocasbi.cosmology import Cosmology
+from cocasbi.cosmology import PARAMETERS, Cosmology
 from cocasbi.frame.basis import TimeBasis
-from cocasbi.frame.transfer import TransferModel
+from cocasbi.frame.files import read_transfer_frame, write_transfer_frame
 from cocasbi.ic import LPTFields
-from cocasbi.io.atomic import atomic_path
 
-FRAME_FORMAT = 1
 _CACHED_TIMES = 4  # p_ML arrays kept per bound frame
 
 
 def cosmology_dict(cosmo: Cosmology | dict) -> dict[str, float]:
     if isinstance(cosmo, dict):
         return {k: float(v) for k, v in cosmo.items()}
-    return {k: float(getattr(cosmo, k)) for k in ("Omega_m", "Omega_b", "h", "n_s", "sigma8")}
+    return {k: float(getattr(cosmo, k)) for k in PARAMETERS}
 
 
 @dataclass
@@ -96,19 +93,13 @@ class FrameEmulator:
         return EmulatedFrame(self.basis, coeffs, cosmo, time.perf_counter() - t0)
 
     def save(self, path: str | Path) -> Path:
-        """Transfer models → ``.npz`` (no torch needed); V-nets → torch checkpoint."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        """Transfer models → ``.npz`` (no torch needed); V-nets → model file (torch)."""
         if self.kind == "transfer":
-            arrays = {**self.basis.to_dict(), **self.model.to_dict()}
-            meta = {"format": FRAME_FORMAT, "kind": "transfer", **self.meta}
-            with atomic_path(path) as tmp, open(tmp, "wb") as f:
-                np.savez_compressed(f, meta_json=np.array(json.dumps(meta)), **arrays)
-            return path
+            return write_transfer_frame(path, self.basis, self.model, self.meta)
         if self.kind == "vnet":
             from cocasbi.frame.neural import save_vnet_frame
 
-            return save_vnet_frame(path, self)
+            return save_vnet_frame(path, self.basis, self.model, self.meta)
         raise ValueError(f"unknown frame kind {self.kind!r}")
 
 
@@ -116,7 +107,9 @@ def load_frame(path: str | Path, device: str = "cpu") -> FrameEmulator:
     """Load a frame saved by :meth:`FrameEmulator.save` (``.npz`` = transfer model; a V-net
     runs on ``device``, CPU by default).
 
-    ``path`` may also be ``"tiny"``: the pre-trained frame shipped for ``tiny.yaml``.
+    ``path`` may also be ``"tiny"``: the pre-trained frame shipped for ``tiny.yaml``. The file
+    is validated (:mod:`cocasbi.frame.files`, :mod:`cocasbi.frame.checkpoint`): anything but a
+    well-formed frame is a one-line ValueError, and nothing in it is executed.
     """
     if str(path) == "tiny":
         path = shipped_frame_path("tiny")
@@ -124,15 +117,12 @@ def load_frame(path: str | Path, device: str = "cpu") -> FrameEmulator:
     if not path.is_file():
         raise FileNotFoundError(f"frame file not found: {path}")
     if path.suffix == ".npz":
-        with np.load(path, allow_pickle=False) as d:
-            meta = json.loads(str(d["meta_json"]))
-            if meta.get("kind") != "transfer":
-                raise ValueError(f"{path}: not a transfer frame")
-            return FrameEmulator("transfer", TimeBasis.from_dict(d), TransferModel.from_dict(d),
-                                 meta)
-    from cocasbi.frame.neural import load_vnet_frame
+        basis, model, meta = read_transfer_frame(path)
+        return FrameEmulator("transfer", basis, model, meta)
+    from cocasbi.frame.neural import read_vnet_frame
 
-    return load_vnet_frame(path, device)
+    basis, model, meta = read_vnet_frame(path, device)
+    return FrameEmulator("vnet", basis, model, meta)
 
 
 def shipped_frame_path(name: str = "tiny") -> Path:

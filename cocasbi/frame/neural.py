@@ -1,9 +1,9 @@
-"""The styled V-net as a frame model: datasets, training and (de)normalisation.
+"""The styled V-net as a frame model at inference time: (de)normalisation and frame files.
 
 The network (:class:`cocasbi.frame.vnet.StyledVNet`, trained by
-:func:`cocasbi.frame.train.train`) maps the normalised 2LPT displacements (6 channels:
-Ψ1/σ1, Ψ2/σ2; by default also their lattice divergences δ1/σ_δ1, δ2/σ_δ2, 8 channels) and a
-style vector (the normalised cosmology x = (θ − centre)/scale for
+:func:`cocasbi.frame.training.neural.train_vnet_frame`) maps the normalised 2LPT
+displacements (6 channels: Ψ1/σ1, Ψ2/σ2; by default also their lattice divergences δ1/σ_δ1,
+δ2/σ_δ2, 8 channels) and a style vector (the normalised cosmology x = (θ − centre)/scale for
 (Ω_m, σ_8)) to the 3K channels of the time-basis coefficient fields c_k / s_k. It is thus
 evaluated once per simulation (not once per query time).
 
@@ -13,22 +13,20 @@ training capacity goes to what the linear model misses. The output layer starts 
 (the untrained net *is* the transfer model), and by default s_k is one common scale, so the
 training loss is the physical error of p_ML relative to the transfer model's (1 = no gain).
 σ1, σ2, s_k, the basis and the base model are stored with the weights
-(``save_model(..., extra=...)``). Tensors are float32.
+(:func:`save_vnet_frame`; :func:`read_vnet_frame` reads them back from a model file,
+validating every entry). Tensors are float32.
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from cocasbi.frame.basis import TimeBasis, fit_time_basis
-from cocasbi.frame.data import iter_samples
-from cocasbi.frame.emulator import FrameEmulator
-from cocasbi.frame.transfer import CosmologyFeatures, TransferModel, fit_transfer
+from cocasbi.frame.basis import TimeBasis
+from cocasbi.frame.checkpoint import build_model, load_weights, read_checkpoint, save_model
+from cocasbi.frame.transfer import CosmologyFeatures, TransferModel
 
 
 def lattice_divergence(psi: np.ndarray) -> np.ndarray:
@@ -99,212 +97,64 @@ class VNetFrameModel:
         return c
 
 
-class _ArrayDataset(Sequence):
-    def __init__(self, items):
-        self.items = items
-
-    def __len__(self):
-        return len(self.items)
-
-    def __getitem__(self, i):
-        return self.items[i]
 
 
-def build_dataset(model: VNetFrameModel, basis: TimeBasis, paths: Sequence[Path]):
-    """(input, style, target) float32 arrays for each simulation, held in memory."""
-    items = []
-    for s in iter_samples(paths):
-        c = basis.project(s.residual)
-        p1, p2 = s.psi1.reshape(-1, 3), s.psi2.reshape(-1, 3)
-        items.append((model.inputs(p1, p2), model.style(s.cosmology),
-                      model.targets(c, p1, p2, s.box_size, s.cosmology)))
-    return _ArrayDataset(items)
-
-
-def _scales(paths, basis: TimeBasis, base: TransferModel | None, density: bool = False):
-    """Input scales (rms of Ψ1, Ψ2 [Mpc/h], with ``density`` also of their lattice
-    divergences) and s_k (rms of the target c_k [Mpc/h]) over the files."""
-    n_in = 4 if density else 2
-    acc = np.zeros(n_in + basis.K)
-    count = 0
-    for s in iter_samples(paths):
-        c = basis.project(s.residual).reshape(basis.K, -1, 3)
-        if base is not None:
-            c = c - base.predict(s.psi1.reshape(-1, 3), s.psi2.reshape(-1, 3), s.box_size,
-                                 s.cosmology)
-        psi = [np.asarray(p, dtype=np.float64) for p in (s.psi1, s.psi2)]
-        ms = [np.mean(p**2) for p in psi]
-        if density:
-            n = round((psi[0].size / 3) ** (1 / 3))
-            ms += [np.mean(lattice_divergence(np.moveaxis(p.reshape(n, n, n, 3), -1, 0)) ** 2)
-                   for p in psi]
-        acc += np.concatenate([ms, np.mean(c**2, axis=(1, 2))])
-        count += 1
-    rms = np.sqrt(acc / count)
-    return rms[:n_in], rms[n_in:]
-
-
-def train_vnet_frame(paths: Sequence[Path], out: str | Path, *, K: int = 4, n_val: int = 2,
-                     epochs: int = 20, lr: float = 1e-3, batch_size: int = 4,
-                     crop: int | None = None, base_channels: int = 16, levels: int = 3,
-                     device: str = "cpu", resume: bool = False, seed: int = 0,
-                     progress: bool = True, base: str | None = "transfer",
-                     features: CosmologyFeatures | None = None,
-                     time_budget_s: float | None = None, grad_clip: float | None = 1.0,
-                     density: bool = True, keep_best: bool = True,
-                     common_scale: bool = True) -> Path:
-    """Fit the basis (and base transfer model) on the training files, train the V-net, save.
-
-    The last ``n_val`` files are the validation set. Checkpoints go to ``out`` + ``.ckpt``
-    (resumable), the best-validation weights to ``out`` + ``.best``. With ``time_budget_s``,
-    training stops after the last whole epoch that fits in the budget, and the cosine
-    learning-rate schedule is shortened (from ``epochs``) to the number of epochs the budget
-    is estimated to allow, so that it anneals before time runs out. The network starts as the
-    base model (zero-initialised output layer); ``grad_clip`` clips the global gradient norm;
-    ``density`` adds the divergences of Ψ1, Ψ2 as input channels (8 instead of 6);
-    ``keep_best`` saves the weights of the epoch with the lowest validation loss (else the
-    last). ``common_scale`` normalises all K target fields by one scale (the rms over k of
-    s_k), so that the loss is the physical mean squared error of p_ML (the b_k are
-    orthonormal) and the training objective is the frame error; with per-k scales the
-    small, hard-to-predict higher-order c_k weigh as much as c_0. Returns the saved frame path
-    (loads with :func:`cocasbi.frame.load_frame`).
-    """
-    from cocasbi.frame.train import load_model, train
-    from cocasbi.frame.vnet import StyledVNet
-
-    out = Path(out)
-    paths = list(paths)
-    train_paths, val_paths = (paths[:-n_val], paths[-n_val:]) if n_val else (paths, [])
-    features = features or CosmologyFeatures(degree=1)
-    basis = fit_time_basis(train_paths, K=K)
-    base_model = (fit_transfer(train_paths, basis, CosmologyFeatures(degree=features.degree))
-                  if base == "transfer" else None)
-    in_scale, out_scale = _scales(train_paths, basis, base_model, density)
-    if common_scale:
-        out_scale = np.full(K, np.sqrt(np.mean(out_scale**2)))
-    style_dim = len(features.names)
-    torch.manual_seed(seed)
-    net = StyledVNet(8 if density else 6, 3 * K, style_dim, base_channels, levels)
-    # start exactly at the base model: the output layer is zero, so the first steps only
-    # grow the correction instead of first undoing a random O(1) output
-    torch.nn.init.zeros_(net.out.weight)
-    torch.nn.init.zeros_(net.out.bias)
-    model = VNetFrameModel(net, K, in_scale, out_scale, features, base_model)
-    train_set = build_dataset(model, basis, train_paths)
-    val_set = build_dataset(model, basis, val_paths) if val_paths else None
-    ckpt = out.with_name(out.name + ".ckpt")
-    best = out.with_name(out.name + ".best") if keep_best and val_set else None
-    if best is not None and not resume:
-        best.unlink(missing_ok=True)
-    t_start = time.perf_counter()
-    schedule = epochs
-    if time_budget_s is not None and not (resume and ckpt.exists()):
-        schedule = _budget_epochs(net, train_set, val_set, batch_size, crop, device, epochs,
-                                  time_budget_s)
-        time_budget_s -= time.perf_counter() - t_start
-    elif resume and ckpt.exists():
-        schedule = torch.load(ckpt, map_location="cpu",
-                              weights_only=False)["settings"]["schedule_epochs"]
-    common = dict(lr=lr, batch_size=batch_size, checkpoint_path=ckpt, device=device,
-                  progress=progress, seed=seed, crop=crop, schedule_epochs=schedule,
-                  grad_clip=grad_clip, best_path=best)
-    if time_budget_s is None:
-        history = train(net, train_set, val_set, epochs=schedule, resume=resume, **common)
-    else:  # chunks of epochs on the cosine schedule until the budget is spent
-        t0, done, per_epoch = time.perf_counter(), 0, 0.0
-        while done < schedule:
-            left = time_budget_s - (time.perf_counter() - t0)
-            chunk = 1 if per_epoch == 0 else int(left // per_epoch)
-            if chunk < 1:
-                break
-            t1 = time.perf_counter()
-            history = train(net, train_set, val_set, epochs=min(schedule, done + chunk),
-                            resume=resume or done > 0, **common)
-            n_new = len(history["train_loss"]) - done
-            done = len(history["train_loss"])
-            per_epoch = (time.perf_counter() - t1) / max(n_new, 1)
-            if n_new == 0:
-                break
-    best_epoch = len(history["train_loss"])
-    if best is not None and best.exists():
-        best_net, info = load_model(best, map_location="cpu")
-        net.load_state_dict(best_net.state_dict())
-        best_epoch = int(info["epoch"])
-    net.to("cpu")
-    emu = FrameEmulator("vnet", basis, model,
-                        {"n_train_sims": len(train_paths), "n_val_sims": len(val_paths),
-                         "K": K, "epochs": len(history["train_loss"]), "best_epoch": best_epoch,
-                         "schedule_epochs": schedule, "lr": lr, "grad_clip": grad_clip,
-                         "density": density, "common_scale": common_scale, "crop": crop,
-                         "base": base,
-                         "history": {k: [float(v) for v in vals]
-                                     for k, vals in history.items()}})
-    return save_vnet_frame(out, emu)
-
-
-def _budget_epochs(net, train_set, val_set, batch_size, crop, device, epochs, budget_s) -> int:
-    """Epochs that fit in ``budget_s``: times two training steps and a validation pass on a
-    copy of ``net`` (after a warm-up step), with a 10 % margin; between 1 and ``epochs``."""
-    import copy
-
-    import torch.nn.functional as F
-
-    from cocasbi.frame.train import _batch, evaluate, resolve_device
-
-    dev = resolve_device(device)
-    probe = copy.deepcopy(net).to(dev).train()
-    opt = torch.optim.Adam(probe.parameters(), lr=0.0)
-    gen = torch.Generator().manual_seed(0)
-    idx = list(range(min(batch_size, len(train_set))))
-
-    def step():
-        x, s, y = _batch(train_set, idx, dev, crop, gen)
-        opt.zero_grad(set_to_none=True)
-        F.mse_loss(probe(x, s), y).backward()
-        opt.step()
-        if dev.type == "cuda":
-            torch.cuda.synchronize()
-
-    step()
-    t0 = time.perf_counter()
-    step()
-    step()
-    per_step = (time.perf_counter() - t0) / 2
-    n_steps = -(-len(train_set) // batch_size)
-    t_val = 0.0
-    if val_set:
-        t0 = time.perf_counter()
-        evaluate(probe, [val_set[0]], 1, dev)
-        t_val = (time.perf_counter() - t0) * len(val_set)
-    per_epoch = per_step * n_steps + t_val + 0.05  # + checkpoint write
-    return int(max(1, min(epochs, 0.9 * budget_s // per_epoch)))
-
-
-def save_vnet_frame(path: str | Path, emu: FrameEmulator) -> Path:
-    from cocasbi.frame.train import save_model
-
-    m: VNetFrameModel = emu.model
-    f = m.features
-    extra = {"kind": "vnet", "K": m.K, "in_scale": m.in_scale, "out_scale": m.out_scale,
-             "feature_names": list(f.names), "feature_centre": list(f.centre),
-             "feature_scale": list(f.scale), "feature_degree": f.degree,
-             "basis": emu.basis.to_dict(),
-             "base": m.base.to_dict() if m.base is not None else None, "meta": emu.meta}
+def save_vnet_frame(path: str | Path, basis: TimeBasis, model: VNetFrameModel,
+                    meta: dict) -> Path:
+    """Write a V-net frame: the network, its normalisation, the basis and the base transfer
+    model (``extra`` of :func:`cocasbi.frame.checkpoint.save_model`)."""
+    f = model.features
+    extra = {"kind": "vnet", "K": model.K, "in_scale": model.in_scale,
+             "out_scale": model.out_scale, "feature_names": list(f.names),
+             "feature_centre": list(f.centre), "feature_scale": list(f.scale),
+             "feature_degree": f.degree, "basis": basis.to_dict(),
+             "base": model.base.to_dict() if model.base is not None else None, "meta": meta}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_model(path, m.net, extra)
+    save_model(path, model.net, extra)
     return path
 
 
-def load_vnet_frame(path: str | Path, device: str = "cpu") -> FrameEmulator:
-    from cocasbi.frame.train import load_model
+def read_vnet_frame(path: str | Path,
+                    device: str = "cpu") -> tuple[TimeBasis, VNetFrameModel, dict]:
+    """(basis, model on ``device``, meta) of a V-net frame file, every entry validated
+    (one-line ValueError naming the file and the problem)."""
+    from cocasbi.frame.files import array, basis_from, features_from, transfer_from
 
-    net, extra = load_model(path, map_location=device)
-    if extra.get("kind") != "vnet":
-        raise ValueError(f"{path}: not a V-net frame")
-    feats = CosmologyFeatures(tuple(extra["feature_names"]), tuple(extra["feature_centre"]),
-                              tuple(extra["feature_scale"]), int(extra["feature_degree"]))
-    base = TransferModel.from_dict(extra["base"]) if extra["base"] is not None else None
-    model = VNetFrameModel(net, int(extra["K"]), extra["in_scale"], extra["out_scale"], feats,
-                           base, device)
-    return FrameEmulator("vnet", TimeBasis.from_dict(extra["basis"]), model, extra["meta"])
+    obj = read_checkpoint(path)
+    where = str(path)
+    extra = obj.get("extra")
+    try:
+        if not isinstance(extra, dict) or extra.get("kind") != "vnet":
+            raise ValueError("not a V-net frame (extra.kind is not 'vnet')")
+        K = int(array(extra, "K", "i", 0))
+        in_scale = array(extra, "in_scale", "f", 1)
+        out_scale = array(extra, "out_scale", "f", 1)
+        if len(in_scale) not in (2, 4) or np.any(in_scale <= 0):
+            raise ValueError(f"in_scale must be 2 or 4 positive numbers, got {in_scale}")
+        if out_scale.shape != (K,) or np.any(out_scale <= 0):
+            raise ValueError(f"out_scale must be {K} positive numbers, got {out_scale}")
+        features = features_from(extra)
+        for key in ("basis", "meta"):
+            if not isinstance(extra.get(key), dict):
+                raise ValueError(f"entry {key!r} must be a dict")
+        basis = basis_from(extra["basis"])
+        if basis.K != K:
+            raise ValueError(f"basis has {basis.K} functions, K = {K}")
+        base = extra.get("base")
+        if base is not None and not isinstance(base, dict):
+            raise ValueError("entry 'base' must be a dict or None")
+        base = transfer_from(base, K) if base is not None else None
+        hp = obj["hparams"] if isinstance(obj["hparams"], dict) else {}
+        expected = {"in_channels": 6 if len(in_scale) == 2 else 8,
+                    "out_channels": 3 * K, "style_dim": len(features.names)}
+        for key, value in expected.items():
+            if hp.get(key) != value:
+                raise ValueError(f"network {key}={hp.get(key)!r}, the frame needs {value}")
+    except ValueError as err:
+        raise ValueError(f"{where}: bad V-net frame: {err}") from None
+    net = build_model(obj, where)
+    load_weights(net, obj["state_dict"], where)
+    net.to(device).eval()
+    model = VNetFrameModel(net, K, in_scale, out_scale, features, base, device)
+    return basis, model, extra["meta"]

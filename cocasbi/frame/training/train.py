@@ -1,4 +1,4 @@
-"""Generic, resumable trainer for field-to-field networks, and portable model files.
+"""Generic, resumable trainer for field-to-field networks.
 
 Datasets are any sequence (``len`` and integer indexing) whose items are
 ``(input (C_in, N, N, N), style (S,), target (C_out, N, N, N))`` tensors or arrays. Training
@@ -6,17 +6,13 @@ minimises the mean squared error with Adam, optionally on random periodic sub-vo
 ("crops"), evaluates the validation loss each epoch, and writes an atomic checkpoint after
 every epoch. All randomness (shuffling, crop offsets) comes from one ``torch.Generator``
 seeded with ``seed`` whose state is checkpointed, so on CPU a resumed run reproduces the
-uninterrupted one bit for bit.
-
-Model files written by :func:`save_model` hold the model's class path, constructor
-keyword arguments (``model.hparams``), a CPU copy of its state dict and caller-supplied
-metadata (normalisation constants, training set description, ...); :func:`load_model`
-rebuilds the model on any device.
+uninterrupted one bit for bit. Checkpoints and model files are the safe format of
+:mod:`cocasbi.frame.checkpoint` (read with ``weights_only=True``; they also load with
+:func:`~cocasbi.frame.checkpoint.load_model`).
 """
 
 from __future__ import annotations
 
-import importlib
 import math
 import os
 import time
@@ -29,92 +25,19 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from cocasbi.io.atomic import atomic_path
+from cocasbi.frame.checkpoint import (
+    CHECKPOINT_VERSION,
+    atomic_save,
+    build_model,
+    cpu_state_dict,
+    load_weights,
+    model_spec,
+    read_checkpoint,
+    resolve_device,
+    save_model,
+)
 
-__all__ = [
-    "evaluate",
-    "load_model",
-    "random_periodic_crop",
-    "resolve_device",
-    "save_model",
-    "train",
-]
-
-_CHECKPOINT_VERSION = 1
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """Return ``cuda`` when available for ``device='auto'``, else the named device."""
-    if isinstance(device, str) and device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
-def _atomic_save(obj: Any, path: str | os.PathLike) -> None:
-    """``torch.save`` to a temporary file in the target directory, then rename over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
-
-
-def _cpu_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Detached CPU copies of a model's parameters and buffers."""
-    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
-
-
-def _model_spec(model: nn.Module) -> dict[str, Any]:
-    """Class path and constructor kwargs of ``model`` (needs a ``hparams`` dict attribute)."""
-    hparams = getattr(model, "hparams", None)
-    if not isinstance(hparams, dict):
-        raise TypeError(
-            f"{type(model).__name__} needs an `hparams` dict of constructor kwargs to be saved"
-        )
-    cls = type(model)
-    return {"class": f"{cls.__module__}:{cls.__qualname__}", "hparams": dict(hparams)}
-
-
-def save_model(path: str | os.PathLike, model: nn.Module, extra: dict | None = None) -> None:
-    """Write ``model`` (class path, ``model.hparams``, CPU state dict) and ``extra`` to ``path``.
-
-    The file is written atomically and loads on a CPU-only machine whatever device the model
-    lives on. ``extra`` holds caller metadata such as input/output normalisation constants;
-    it must contain only tensors, arrays and plain Python values.
-    """
-    obj = {
-        "version": _CHECKPOINT_VERSION,
-        **_model_spec(model),
-        "state_dict": _cpu_state_dict(model),
-        "extra": dict(extra or {}),
-    }
-    _atomic_save(obj, path)
-
-
-def _build_model(spec: dict[str, Any]) -> nn.Module:
-    """Instantiate the model class named in ``spec`` with its stored hyper-parameters."""
-    module_name, qualname = spec["class"].split(":")
-    obj: Any = importlib.import_module(module_name)
-    for part in qualname.split("."):
-        obj = getattr(obj, part)
-    return obj(**spec["hparams"])
-
-
-def load_model(
-    path: str | os.PathLike, map_location: str | torch.device = "cpu"
-) -> tuple[nn.Module, dict]:
-    """Rebuild a model written by :func:`save_model` (or a training checkpoint).
-
-    Returns ``(model, extra)`` with the model on ``map_location`` in eval mode; ``extra`` is
-    the metadata given to :func:`save_model` (for a training checkpoint: the history, epoch
-    and training settings). Files are unpickled in full: load only files you trust.
-    """
-    obj = torch.load(path, map_location=map_location, weights_only=False)
-    model = _build_model(obj)
-    model.load_state_dict(obj["state_dict"])
-    model.to(map_location).eval()
-    if "extra" in obj:
-        return model, obj["extra"]
-    return model, {"epoch": obj["epoch"], "history": obj["history"], "settings": obj["settings"]}
+__all__ = ["evaluate", "random_periodic_crop", "train"]
 
 
 def random_periodic_crop(
@@ -283,7 +206,7 @@ def train(
     )
     if grad_clip is not None:  # only recorded when used: older checkpoints still resume
         settings["grad_clip"] = float(grad_clip)
-    spec = _model_spec(model)
+    spec = model_spec(model)
 
     model.to(dev)
     optimiser = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
@@ -302,9 +225,11 @@ def train(
     checkpoint_path = Path(checkpoint_path)
     if resume and checkpoint_path.exists():
         # RNG states must stay on the CPU; load_state_dict moves the rest to the model's device
-        ckpt = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
-        if ckpt["class"] != spec["class"] or ckpt["hparams"] != spec["hparams"]:
-            raise ValueError("checkpoint was written for a different model")
+        ckpt = read_checkpoint(checkpoint_path)
+        stored = build_model(ckpt, str(checkpoint_path))
+        if type(stored) is not type(model) or stored.hparams != model.hparams:
+            raise ValueError(f"{checkpoint_path}: checkpoint was written for a different model")
+        load_weights(stored, ckpt["state_dict"], str(checkpoint_path))
         if ckpt["settings"] != settings:
             raise ValueError(
                 f"checkpoint settings {ckpt['settings']} differ from the requested {settings}"
@@ -355,12 +280,12 @@ def train(
         if best_path is not None and math.isfinite(val) and val < best_val:
             best_val = val
             save_model(best_path, model, {"epoch": epoch + 1, "val_loss": val})
-        _atomic_save(
+        atomic_save(
             {
-                "version": _CHECKPOINT_VERSION,
+                "version": CHECKPOINT_VERSION,
                 **spec,
                 "best_val": best_val,
-                "state_dict": _cpu_state_dict(model),
+                "state_dict": cpu_state_dict(model),
                 "optimiser": optimiser.state_dict(),
                 "scheduler": scheduler.state_dict(),
                 "epoch": epoch + 1,
