@@ -28,11 +28,13 @@ from pathlib import Path
 import numpy as np
 
 from cocasbi.config import load_config
-from cocasbi.frame.basis import truncation_error
-from cocasbi.frame.data import ic_seed, list_samples, read_sample
 from cocasbi.frame.emulator import FrameEmulator, load_frame
-from cocasbi.frame.transfer import CosmologyFeatures, fit_basis_and_transfer
+from cocasbi.frame.training.basis import truncation_error
+from cocasbi.frame.training.data import list_samples, read_sample
+from cocasbi.frame.training.transfer import fit_basis_and_transfer
+from cocasbi.frame.transfer import CosmologyFeatures
 from cocasbi.nbody import force_schedule
+from cocasbi.seeds import simulation_seed as ic_seed
 from cocasbi.simulation import simulate
 from cocasbi.stats.power import cross_power
 

@@ -31,12 +31,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import coca_paper as cp  # noqa: E402
 
 from cocasbi.config import load_config  # noqa: E402
-from cocasbi.frame.basis import fit_time_basis  # noqa: E402
-from cocasbi.frame.data import ic_seed, list_samples, make_training_data  # noqa: E402
 from cocasbi.frame.emulator import FrameEmulator, load_frame  # noqa: E402
-from cocasbi.frame.neural import train_vnet_frame  # noqa: E402
-from cocasbi.frame.transfer import CosmologyFeatures, fit_transfer  # noqa: E402
+from cocasbi.frame.training.basis import fit_time_basis  # noqa: E402
+from cocasbi.frame.training.config import VNetTrainingConfig  # noqa: E402
+from cocasbi.frame.training.data import list_samples, make_training_data  # noqa: E402
+from cocasbi.frame.training.neural import train_vnet_frame  # noqa: E402
+from cocasbi.frame.training.transfer import fit_transfer  # noqa: E402
+from cocasbi.frame.transfer import CosmologyFeatures  # noqa: E402
 from cocasbi.nbody import force_schedule  # noqa: E402
+from cocasbi.seeds import simulation_seed as ic_seed  # noqa: E402
 from cocasbi.simulation import simulate  # noqa: E402
 
 N_TRAIN = int(os.environ.get("N_TRAIN", 32))
@@ -96,9 +99,11 @@ def main(out: Path, work: Path):
     budget = min(BUDGET_S, max(20.0, TOTAL_S - (t0 - T_START) - EVAL_RESERVE_S - 1.5 * N_TRAIN))
     log["budget_used_s"] = budget
     print("training budget", budget, flush=True)
-    path = train_vnet_frame(train, out / "frame_paper_vnet.pt", K=4, n_val=2, epochs=EPOCHS,
-                            lr=LR, batch_size=BATCH, crop=None, device=device, progress=False,
-                            time_budget_s=budget, seed=0, grad_clip=1.0, density=True)
+    settings = VNetTrainingConfig(K=4, n_val=2, epochs=EPOCHS, lr=LR, batch_size=BATCH,
+                                  crop=None, time_budget_s=budget, seed=0, grad_clip=1.0,
+                                  density=True)
+    path = train_vnet_frame(train, out / "frame_paper_vnet.pt", settings, device=device,
+                            progress=False)
     log["train_seconds"] = time.perf_counter() - t0
     vnet = load_frame(path, device=device)
     log["history"] = vnet.meta["history"]
