@@ -198,27 +198,45 @@ def paint_cic(positions, n_mesh: int, box_size: float, out=None, weight: float |
     return paint_sorted(out, sorted_pos, start, box_size, weight)
 
 
+@numba.njit(cache=True, inline="always")
+def interpolate(meshes, c, ix, jx, iy, jy, iz, jz, w00, w01, w10, w11, tz, fz):
+    """CIC value of ``meshes[c]`` from the nodes and weights of :func:`cic_weights` (float32)."""
+    return (
+        (meshes[c, ix, iy, iz] * tz + meshes[c, ix, iy, jz] * fz) * w00
+        + (meshes[c, ix, jy, iz] * tz + meshes[c, ix, jy, jz] * fz) * w01
+        + (meshes[c, jx, iy, iz] * tz + meshes[c, jx, iy, jz] * fz) * w10
+        + (meshes[c, jx, jy, iz] * tz + meshes[c, jx, jy, jz] * fz) * w11
+    )
+
+
+@numba.njit(cache=True, inline="always")
+def cic_weights(x, y, z, inv_cell, n):
+    """Lower and upper nodes and float32 CIC weights of one position (as in _paint_range).
+
+    Returns (ix, jx, iy, jy, iz, jz, w00, w01, w10, w11, tz, fz), the weights of the four
+    (x, y) columns and the two z offsets.
+    """
+    one = np.float32(1.0)
+    ix, jx, dx = _cic_axis(x, inv_cell, n)
+    iy, jy, dy = _cic_axis(y, inv_cell, n)
+    iz, jz, dz = _cic_axis(z, inv_cell, n)
+    fx, fy, fz = np.float32(dx), np.float32(dy), np.float32(dz)
+    tx, ty, tz = one - fx, one - fy, one - fz
+    return ix, jx, iy, jy, iz, jz, tx * ty, tx * fy, fx * ty, fx * fy, tz, fz
+
+
 @numba.njit(parallel=True, cache=True)
 def _readout(meshes, pos, order, out, inv_cell):
     """out[order[s], c] = Σ CIC weights × meshes[c] at the 8 nodes around pos[s]."""
     ncomp = meshes.shape[0]
     n = meshes.shape[1]
-    one = np.float32(1.0)
     for s in numba.prange(pos.shape[0]):
         p = order[s]
-        ix, jx, dx = _cic_axis(pos[s, 0], inv_cell, n)
-        iy, jy, dy = _cic_axis(pos[s, 1], inv_cell, n)
-        iz, jz, dz = _cic_axis(pos[s, 2], inv_cell, n)
-        fx, fy, fz = np.float32(dx), np.float32(dy), np.float32(dz)  # as in _paint_range
-        tx, ty, tz = one - fx, one - fy, one - fz
-        w00, w01, w10, w11 = tx * ty, tx * fy, fx * ty, fx * fy
+        ix, jx, iy, jy, iz, jz, w00, w01, w10, w11, tz, fz = cic_weights(
+            pos[s, 0], pos[s, 1], pos[s, 2], inv_cell, n)
         for c in range(ncomp):
-            out[p, c] = (
-                (meshes[c, ix, iy, iz] * tz + meshes[c, ix, iy, jz] * fz) * w00
-                + (meshes[c, ix, jy, iz] * tz + meshes[c, ix, jy, jz] * fz) * w01
-                + (meshes[c, jx, iy, iz] * tz + meshes[c, jx, iy, jz] * fz) * w10
-                + (meshes[c, jx, jy, iz] * tz + meshes[c, jx, jy, jz] * fz) * w11
-            )
+            out[p, c] = interpolate(meshes, c, ix, jx, iy, jy, iz, jz, w00, w01, w10, w11,
+                                    tz, fz)
 
 
 def readout_cic(meshes, positions, box_size: float, out=None, order=None):

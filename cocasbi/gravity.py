@@ -196,12 +196,23 @@ class ForceSolver:
         self._real[...] = delta
         return self._force_from_real()
 
-    def __call__(self, positions, out=None):
-        """Force at each particle, (N, 3) float64."""
+    def force_field(self, positions):
+        """Sort, paint and solve, without the readout: ``(force_mesh, sorted_pos, order)``.
+
+        The force on particle ``order[s]`` is the CIC readout of ``force_mesh`` (3, N_m, N_m,
+        N_m) float32 at ``sorted_pos[s]`` [Mpc/h] (mesh node j at x = j L / N_m). All three
+        arrays are owned by the solver and valid until its next call: a caller may fuse the
+        readout with its own per-particle work (see :mod:`cocasbi.nbody`).
+        """
         pos = as_positions(positions)
         if self._sorted_pos.shape != pos.shape:
             self._sorted_pos = np.empty_like(pos)
         sp = self._sorted_pos
         order, start = sort_by_column(pos, sp, self.n, self.box_size)
         paint_sorted(self._real, sp, start, self.box_size, None)
-        return readout_cic(self._force_from_real(), sp, self.box_size, out=out, order=order)
+        return self._force_from_real(), sp, order
+
+    def __call__(self, positions, out=None):
+        """Force at each particle, (N, 3) float64."""
+        mesh, sp, order = self.force_field(positions)
+        return readout_cic(mesh, sp, self.box_size, out=out, order=order)

@@ -21,12 +21,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+import numba
 import numpy as np
 from tqdm.auto import tqdm
 
+from cocasbi.cic import cic_weights, interpolate
 from cocasbi.cosmology import Cosmology
-from cocasbi.ic import LPTFields
 from cocasbi.gravity import ForceSolver
+from cocasbi.ic import LPTFields
 
 
 # ---------------------------------------------------------------------------- schedules
@@ -167,6 +169,103 @@ class ResidualRecorder:
         return OracleFrame(np.array(self.times), np.stack(self.momenta))
 
 
+# ---------------------------------------------------------------------------- particle kernel
+# Layout of the coefficient vector of one pass (float64 scalars).
+_C_LPT, _C_D1, _C_E, _C_K2, _C_K1, _C_DD1, _C_DD2, _C_DRIFT = range(8)
+# Layout of the flag vector.
+_F_KICK2, _F_KICK1, _F_DRIFT, _F_LPT, _F_FRAME2, _F_FRAME1, _F_FRAME_DRIFT, _F_STORE = range(8)
+# Where a pass takes the force from.
+_NO_FORCE, _READOUT, _BUFFER = 0, 1, 2
+_NO_ARRAY = np.zeros((1, 3))
+_NO_MESH = np.zeros((3, 2, 2, 2), dtype=np.float32)
+_NO_ORDER = np.zeros(1, dtype=np.int64)
+
+
+@numba.njit(parallel=True, cache=True)
+def _particle_pass(source, x, p, psi1, psi2, mesh, sorted_pos, order, inv_cell, force,
+                   coef, flags, k2_m0, k2_m1, k1_m0, k1_m1, drift_m):
+    """Up to two kicks and one drift of every particle, in one parallel pass.
+
+    source: _READOUT (the force is the CIC readout of ``mesh`` at ``sorted_pos[s]`` for
+    particle ``order[s]``; stored in ``force`` if flags[_F_STORE]), _BUFFER (read from
+    ``force``) or _NO_FORCE (drift only). Per particle and axis, in this order (float64):
+
+        g = F − c_lpt (d1 ψ1 + e ψ2)   (COLA/COCA; g = F for PM)
+        p = p + g K2 [− (k2_m1 − k2_m0)],   p = p + g K1 [− (k1_m1 − k1_m0)]
+        x = x + ((ΔD1 ψ1 + ΔD2 ψ2) + (p [+ drift_m]) D)   (COLA/COCA; x = x + p D for PM)
+
+    the same operations, in the same order, as one numpy statement per verb: splitting a
+    pass in two (an observer looking in between) does not change a bit. Particles are
+    independent, so the result does not depend on the number of threads.
+    """
+    n = mesh.shape[1]
+    kick2, kick1, drift = flags[_F_KICK2], flags[_F_KICK1], flags[_F_DRIFT]
+    lpt, store = flags[_F_LPT], flags[_F_STORE]
+    fr2, fr1, frd = flags[_F_FRAME2], flags[_F_FRAME1], flags[_F_FRAME_DRIFT]
+    c_lpt, d1, e = coef[_C_LPT], coef[_C_D1], coef[_C_E]
+    k2, k1 = coef[_C_K2], coef[_C_K1]
+    dd1, dd2, dfac = coef[_C_DD1], coef[_C_DD2], coef[_C_DRIFT]
+    kick = source != _NO_FORCE and (kick2 or kick1)
+    for s in numba.prange(x.shape[0]):
+        i = np.int64(s)
+        f0 = f1 = f2 = 0.0
+        if source == _READOUT:
+            i = np.int64(order[s])
+            ix, jx, iy, jy, iz, jz, w00, w01, w10, w11, tz, fz = cic_weights(
+                sorted_pos[s, 0], sorted_pos[s, 1], sorted_pos[s, 2], inv_cell, n)
+            f0 = np.float64(interpolate(mesh, 0, ix, jx, iy, jy, iz, jz, w00, w01, w10, w11,
+                                        tz, fz))
+            f1 = np.float64(interpolate(mesh, 1, ix, jx, iy, jy, iz, jz, w00, w01, w10, w11,
+                                        tz, fz))
+            f2 = np.float64(interpolate(mesh, 2, ix, jx, iy, jy, iz, jz, w00, w01, w10, w11,
+                                        tz, fz))
+            if store:
+                force[i, 0], force[i, 1], force[i, 2] = f0, f1, f2
+        elif source == _BUFFER:
+            f0, f1, f2 = force[i, 0], force[i, 1], force[i, 2]
+        for c in range(3):
+            f = f0 if c == 0 else (f1 if c == 1 else f2)
+            v = p[i, c]
+            if kick:
+                g = f - c_lpt * (d1 * psi1[i, c] + e * psi2[i, c]) if lpt else f
+                if kick2:
+                    v = v + g * k2
+                    if fr2:
+                        v = v - (k2_m1[i, c] - k2_m0[i, c])
+                if kick1:
+                    v = v + g * k1
+                    if fr1:
+                        v = v - (k1_m1[i, c] - k1_m0[i, c])
+                p[i, c] = v
+            if drift:
+                pd = drift_m[i, c] + v if frd else v
+                if lpt:
+                    x[i, c] = x[i, c] + ((dd1 * psi1[i, c] + dd2 * psi2[i, c]) + pd * dfac)
+                else:
+                    x[i, c] = x[i, c] + pd * dfac
+
+
+class _Force:
+    """A force evaluated at boundary a_force and not yet used by all its kicks."""
+
+    def __init__(self, a_force: float, uses: int, field=None, values=None):
+        self.a_force, self.uses = a_force, uses
+        self.field = field  # (mesh, sorted_pos, order): not read out yet
+        self.values = values  # (N, 3) float64 force per particle, once read out
+
+
+@dataclass
+class _Pass:
+    """Work waiting for the next particle pass: [force readout] kick, kick, drift."""
+
+    force: _Force | None = None
+    kicks: list = field(default_factory=list)  # (factor, frame m(a0) or None, m(a1) or None)
+    drift: tuple | None = None  # (ΔD1, ΔD2, drift factor, frame m(a_half) or None)
+
+    def empty(self) -> bool:
+        return not self.kicks and self.drift is None
+
+
 # ---------------------------------------------------------------------------- stepper
 METHODS = ("pm", "cola", "coca")
 
@@ -179,6 +278,12 @@ class Stepper:
     frame: a :class:`Frame` for COCA; forces: boolean mask over boundaries (see
     :func:`force_schedule`). Observers are called as ``observer(event, a, stepper)`` with
     event ``start``, ``half`` or ``boundary`` at every query time.
+
+    The per-particle work is deferred and fused: the readout of a :class:`ForceSolver`'s
+    force, the two half-kicks that use it, the LPT (and frame) terms and the next drift run in
+    one pass over the particles (:func:`_particle_pass`). Reading ``x``, ``p_c``,
+    :meth:`momenta` or :meth:`lpt_residual` first completes the pending work, so observers see
+    the state of their query time; the result does not depend on what they read.
     """
 
     cosmo: Cosmology
@@ -208,6 +313,31 @@ class Stepper:
             raise ValueError(f"a frame is only used by method 'coca', not {self.method!r}")
         if self.method == "pm" and not self.forces[:-1].all():
             raise ValueError("plain PM cannot skip forces before a_final")
+        self._pending = _Pass()
+        self._x = self._p = None
+
+    # -- state (reading it completes the pending particle work)
+    @property
+    def x(self) -> np.ndarray:
+        """Positions [Mpc/h] (N, 3) float64, unwrapped."""
+        self._flush()
+        return self._x
+
+    @x.setter
+    def x(self, value):
+        self._flush()
+        self._x = value
+
+    @property
+    def p_c(self) -> np.ndarray:
+        """Momentum relative to the frame [Mpc/h] (N, 3) float64."""
+        self._flush()
+        return self._p
+
+    @p_c.setter
+    def p_c(self, value):
+        self._flush()
+        self._p = value
 
     def lpt_residual(self) -> np.ndarray:
         """Momentum relative to LPT at the current time, p − p_LPT [Mpc/h]."""
@@ -223,42 +353,105 @@ class Stepper:
             return self.p_c.copy()
         return self.lpt.momenta(self.cosmo, self.a) + self.lpt_residual()
 
-    # -- the three verbs
+    # -- the three verbs (queued; _flush runs them)
     def _force(self, index: int):
         if not self.forces[index]:
             return None
+        self._flush()  # the force needs the current positions
         self.n_force_evaluations += 1
-        return self.solver(self.x)
+        a = float(self.schedule.boundaries[index])
+        uses = int(index > 0) + int(index < self.schedule.n_steps)
+        if hasattr(self.solver, "force_field"):
+            force = _Force(a, uses, field=self.solver.force_field(self._x))
+        else:  # any callable x -> (N, 3) forces
+            force = _Force(a, uses, values=np.asarray(self.solver(self._x), dtype=np.float64))
+        self._pending.force = force
+        return force
 
     def _kick(self, force, a_force: float, a0: float, a1: float):
         if force is None:
             return
+        pend = self._pending
+        if pend.drift is not None or len(pend.kicks) == 2 or pend.force is not force:
+            self._flush()
+            pend = self._pending
+            pend.force = force
         c = self.cosmo
         if self.method == "pm":
-            if self.pm_factors == "fastpm":
-                self.p_c += force * c.fastpm_kick_factor(a0, a1, a_force)
-            else:
-                self.p_c += force * c.kick_factor(a0, a1)
-            return
-        self.p_c += (force - self.lpt.acceleration(c, a_force)) * c.kick_factor(a0, a1)
+            k = (c.fastpm_kick_factor(a0, a1, a_force) if self.pm_factors == "fastpm"
+                 else c.kick_factor(a0, a1))
+        else:
+            k = c.kick_factor(a0, a1)
+        m0 = m1 = None
         if self.frame is not None:
-            self.p_c -= self._frame_delta(a0, a1)
-
-    def _frame_delta(self, a0, a1):
-        return np.asarray(self.frame.residual_momentum(a1)) - np.asarray(
-            self.frame.residual_momentum(a0))
+            m0 = np.asarray(self.frame.residual_momentum(a0), dtype=np.float64)
+            m1 = np.asarray(self.frame.residual_momentum(a1), dtype=np.float64)
+        pend.kicks.append((float(k), m0, m1))
+        force.uses -= 1
 
     def _drift(self, a0: float, ah: float, a1: float):
+        if self._pending.drift is not None:
+            self._flush()
         c = self.cosmo
+        mh = None
         if self.method == "pm":
-            if self.pm_factors == "fastpm":
-                self.x += self.p_c * c.fastpm_drift_factor(a0, a1, ah)
-            else:
-                self.x += self.p_c * c.drift_factor(a0, a1)
+            dd1 = dd2 = 0.0
+            d = (c.fastpm_drift_factor(a0, a1, ah) if self.pm_factors == "fastpm"
+                 else c.drift_factor(a0, a1))
+        else:
+            dd1, dd2 = float(c.D1(a1) - c.D1(a0)), float(c.D2(a1) - c.D2(a0))
+            d = c.drift_factor(a0, a1)
+            if self.frame is not None:
+                mh = np.asarray(self.frame.residual_momentum(ah), dtype=np.float64)
+        self._pending.drift = (dd1, dd2, float(d), mh)
+
+    def _flush(self):
+        """Run the pending kicks and drift in one pass over the particles."""
+        pend = self._pending
+        if pend.empty():
             return
-        p_drift = self.p_c if self.frame is None else (
-            np.asarray(self.frame.residual_momentum(ah)) + self.p_c)
-        self.x += self.lpt.displacement_change(c, a0, a1) + p_drift * c.drift_factor(a0, a1)
+        self._pending = _Pass()
+        force = pend.force if pend.kicks else None
+        coef = np.zeros(8)
+        flags = np.zeros(8, dtype=np.bool_)
+        arrays = [_NO_ARRAY] * 5  # k2_m0, k2_m1, k1_m0, k1_m1, drift_m
+        mesh, sorted_pos, order, inv_cell, values = _NO_MESH, _NO_ARRAY, _NO_ORDER, 1.0, _NO_ARRAY
+        source = _NO_FORCE
+        if force is not None:
+            if force.field is not None:
+                source = _READOUT
+                mesh, sorted_pos, order = force.field
+                inv_cell = mesh.shape[1] / self.box_size
+                if force.uses > 0:  # a later kick needs this force: keep it
+                    force.values = np.empty_like(self._x)
+                    force.field = None
+                    flags[_F_STORE] = True
+                    values = force.values
+            else:
+                source, values = _BUFFER, force.values
+            if self.method != "pm":
+                c = self.cosmo
+                d1, d2 = c.D1(force.a_force), c.D2(force.a_force)
+                coef[_C_LPT], coef[_C_D1], coef[_C_E] = 1.5 * c.Omega_m, d1, d2 - d1 * d1
+            # the first queued kick goes in slot 2 (closes a step), a second in slot 1
+            for slot, (k, m0, m1) in zip(((_C_K2, _F_KICK2, _F_FRAME2, 0),
+                                          (_C_K1, _F_KICK1, _F_FRAME1, 2)), pend.kicks,
+                                         strict=False):
+                ck, fk, ff, a = slot
+                coef[ck], flags[fk] = k, True
+                if m0 is not None:
+                    flags[ff] = True
+                    arrays[a], arrays[a + 1] = m0, m1
+        if pend.drift is not None:
+            dd1, dd2, d, mh = pend.drift
+            coef[_C_DD1], coef[_C_DD2], coef[_C_DRIFT] = dd1, dd2, d
+            flags[_F_DRIFT] = True
+            if mh is not None:
+                flags[_F_FRAME_DRIFT] = True
+                arrays[4] = mh
+        flags[_F_LPT] = self.method != "pm"
+        _particle_pass(source, self._x, self._p, self.lpt.psi1, self.lpt.psi2, mesh,
+                       sorted_pos, order, inv_cell, values, coef, flags, *arrays)
 
     def _observe(self, event: str):
         for obs in self.observers:
@@ -269,13 +462,14 @@ class Stepper:
         c, sched = self.cosmo, self.schedule
         b, half = sched.boundaries, sched.half
         self.a = float(b[0])
-        self.x = self.lpt.q + self.lpt.displacement(c, self.a)
+        self._pending = _Pass()
+        self._x = self.lpt.q + self.lpt.displacement(c, self.a)
         if self.method == "pm":
-            self.p_c = self.lpt.momenta(c, self.a)
+            self._p = self.lpt.momenta(c, self.a)
         elif self.frame is None:
-            self.p_c = np.zeros_like(self.x)
+            self._p = np.zeros_like(self._x)
         else:
-            self.p_c = -np.asarray(self.frame.residual_momentum(self.a), dtype=np.float64)
+            self._p = -np.asarray(self.frame.residual_momentum(self.a), dtype=np.float64)
         self._observe("start")
         force = self._force(0)
         for i in tqdm(range(sched.n_steps), desc=f"{self.method} steps", disable=not progress,
@@ -289,4 +483,5 @@ class Stepper:
             self._kick(force, a1, ah, a1)
             self.a = a1
             self._observe("boundary")
+        self._flush()
         return self
