@@ -13,8 +13,12 @@ and seeds carry the cosmic variance. The summary layout is documented by ``model
   measured on the PM mesh (N_m³). Empty bins are left out. Names are ``log_pk[k=0.0982]``.
 * ``pk``: the same bins, P(k) itself [(Mpc/h)^3]; names ``pk[k=0.0982]``.
 
-Further summaries (the bispectrum, once it exists) extend :data:`SUMMARIES` and
-:meth:`ForwardModel.summarize`.
+* ``bk``: the bispectrum B(k1, k2, k3) [(Mpc/h)^6] of the particles at a_final
+  (:func:`cocasbi.stats.bispectrum.bispectrum`: CIC compensated, Poisson shot noise
+  subtracted) on the fixed triangles :attr:`ForwardModel.triangles`, every closed triangle
+  k1 >= k2 >= k3 of the bin centres of ``bk_bins`` = (kmin, kmax, dk) [h/Mpc], shells of
+  width dk (default: k_f, 13 k_f, 3 k_f: four bins, 13 triangles). Names
+  ``bk[k=0.2454,0.2454,0.2454]``; :attr:`ForwardModel.k` gives k1 for these entries.
 """
 
 from __future__ import annotations
@@ -42,6 +46,9 @@ SUMMARIES: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "pk": np.asarray,
 }
 
+#: Summaries measured on the particles themselves rather than transforms of P(k).
+FIELD_SUMMARIES: tuple[str, ...] = ("bk",)
+
 
 class ForwardSpec(BaseModel):
     """What a campaign config says about its forward model (see :class:`ForwardModel`)."""
@@ -57,6 +64,8 @@ class ForwardSpec(BaseModel):
     kmin: float | None = Field(None, gt=0, description="[h/Mpc]")
     kmax: float | None = Field(None, gt=0, description="[h/Mpc]")
     dk: float | None = Field(None, gt=0, description="[h/Mpc]")
+    bk_bins: tuple[float, float, float] | None = Field(
+        None, description="bispectrum bins (kmin, kmax, dk) [h/Mpc] (summary bk)")
 
     def simulation_config(self) -> Config:
         """The simulation :class:`Config` this spec names or holds inline."""
@@ -97,6 +106,8 @@ class ForwardModel:
         Summary blocks, concatenated in order, from :data:`SUMMARIES`.
     kmin, kmax, dk : float, optional
         Power-spectrum bins [h/Mpc] (defaults in the module docstring).
+    bk_bins : (kmin, kmax, dk), optional
+        Bispectrum bins [h/Mpc] of the ``bk`` summary (default in the module docstring).
     threads : int, optional
         FFT and numba threads per simulation; overrides ``config.simulation.threads``.
     """
@@ -106,7 +117,7 @@ class ForwardModel:
                  parameters: Sequence[str] = ("Omega_m", "sigma8"),
                  summaries: Sequence[str] = ("log_pk",), kmin: float | None = None,
                  kmax: float | None = None, dk: float | None = None,
-                 threads: int | None = None):
+                 bk_bins: Sequence[float] | None = None, threads: int | None = None):
         sim_update = {}
         if method is not None:
             sim_update["method"] = method
@@ -121,8 +132,9 @@ class ForwardModel:
         if len(set(self.parameters)) != len(self.parameters):
             raise ValueError(f"repeated parameter in {self.parameters}")
         for name in self.summaries:
-            if name not in SUMMARIES:
-                raise ValueError(f"unknown summary {name!r}; choose from {tuple(SUMMARIES)}")
+            if name not in SUMMARIES and name not in FIELD_SUMMARIES:
+                raise ValueError(f"unknown summary {name!r}; choose from "
+                                 f"{(*SUMMARIES, *FIELD_SUMMARIES)}")
         sim = self.config.simulation
         if sim.method == "coca" and frame is None:
             raise ValueError("method 'coca' needs a frame")
@@ -135,6 +147,11 @@ class ForwardModel:
         self.dk = default_dk if dk is None else float(dk)
         self.kmin = default_kmin if kmin is None else float(kmin)
         self.kmax = default_kmax if kmax is None else float(kmax)
+        kf = 2 * np.pi / sim.box_size
+        self.bk_bins = ((kf, 13 * kf, 3 * kf) if bk_bins is None
+                        else tuple(float(b) for b in bk_bins))
+        if len(self.bk_bins) != 3:
+            raise ValueError(f"bk_bins must be (kmin, kmax, dk) [h/Mpc], got {bk_bins!r}")
         self._frame_source = frame
         self._frame_loader = frame_loader or default_frame_loader
         self._frame = None if isinstance(frame, str | os.PathLike) else frame
@@ -144,7 +161,8 @@ class ForwardModel:
         """Build from a campaign's ``forward`` section."""
         return cls(spec.simulation_config(), method=spec.method, frame=spec.frame,
                    forces=spec.forces, parameters=spec.parameters, summaries=spec.summaries,
-                   kmin=spec.kmin, kmax=spec.kmax, dk=spec.dk, threads=threads)
+                   kmin=spec.kmin, kmax=spec.kmax, dk=spec.dk, bk_bins=spec.bk_bins,
+                   threads=threads)
 
     # -- pickling: a frame loaded from a path is reloaded in each process, not shipped
     def __getstate__(self):
@@ -171,17 +189,33 @@ class ForwardModel:
         keep = ps.n_modes > 0
         return ps.k[keep], keep
 
+    @cached_property
+    def triangles(self) -> np.ndarray:
+        """(n, 3) triangles (k1, k2, k3) [h/Mpc] of the ``bk`` summary."""
+        from cocasbi.stats.bispectrum import triangle_bins
+
+        kmin, kmax, dk = self.bk_bins
+        return triangle_bins(kmin, kmax, dk)
+
     @property
     def k(self) -> np.ndarray:
-        """Wavenumber [h/Mpc] of each entry of x (mean |k| of its bin's modes)."""
+        """Wavenumber [h/Mpc] of each entry of x (mean |k| of its bin's modes; k1 of a
+        triangle)."""
         k, _ = self._bins
-        return np.tile(k, len(self.summaries))
+        return np.concatenate([self.triangles[:, 0] if s in FIELD_SUMMARIES else k
+                               for s in self.summaries])
 
     @property
     def names(self) -> list[str]:
         """Label of each entry of x, e.g. ``log_pk[k=0.0982]``."""
         k, _ = self._bins
-        return [f"{s}[k={kk:.4f}]" for s in self.summaries for kk in k]
+        names = []
+        for s in self.summaries:
+            if s in FIELD_SUMMARIES:
+                names += [f"{s}[k={t[0]:.4f},{t[1]:.4f},{t[2]:.4f}]" for t in self.triangles]
+            else:
+                names += [f"{s}[k={kk:.4f}]" for kk in k]
+        return names
 
     @property
     def n_force_evaluations(self) -> int:
@@ -200,6 +234,7 @@ class ForwardModel:
             "parameters": list(self.parameters),
             "summaries": list(self.summaries),
             "dk": self.dk, "kmin": self.kmin, "kmax": self.kmax,
+            **({"bk_bins": list(self.bk_bins)} if "bk" in self.summaries else {}),
         }
 
     # -- evaluation
@@ -230,8 +265,17 @@ class ForwardModel:
         ps = power_spectrum(positions, sim.box_size, n_mesh=sim.n_mesh, dk=self.dk,
                             kmin=self.kmin, kmax=self.kmax, threads=sim.threads)
         _, keep = self._bins
-        return np.concatenate([SUMMARIES[s](ps.power[keep]) for s in self.summaries]).astype(
-            np.float32)
+        return np.concatenate([self._field_summary(s, positions) if s in FIELD_SUMMARIES
+                               else SUMMARIES[s](ps.power[keep])
+                               for s in self.summaries]).astype(np.float32)
+
+    def _field_summary(self, name: str, positions) -> np.ndarray:
+        """Block of a summary of :data:`FIELD_SUMMARIES` (float64)."""
+        from cocasbi.stats.bispectrum import bispectrum
+
+        sim = self.config.simulation
+        return bispectrum(positions, sim.box_size, self.triangles, n_mesh=sim.n_mesh,
+                          dk=self.bk_bins[2], threads=sim.threads).bispectrum
 
     def __call__(self, theta, seed) -> np.ndarray:
         """x for (θ, seed): float32, laid out as :attr:`names`; may hold non-finite values

@@ -131,3 +131,22 @@ def test_round_trip(tmp_path):
     np.testing.assert_array_equal(back.bispectrum, b.bispectrum)
     np.testing.assert_array_equal(back.triangles, b.triangles)
     assert back.attrs == b.attrs and back.dk == b.dk
+
+
+def test_forward_model_bk_summary_and_unchanged_pk_block():
+    from cocasbi.config import load_config
+    from cocasbi.forward import ForwardModel
+
+    cfg = load_config("tiny").replace(simulation={"n_steps": 3, "threads": 1})
+    both = ForwardModel(cfg, summaries=("log_pk", "bk"))
+    pk_only = ForwardModel(cfg)
+    res = both.simulate([0.3, 0.8], 1)
+    x = both.summarize(res.final.positions)
+    n_pk = len(pk_only.names)
+    assert len(both.triangles) == 13 and x.shape == (n_pk + 13,) == (len(both.names),)
+    assert both.names[n_pk].startswith("bk[k=0.2454,0.2454,0.2454]")
+    np.testing.assert_array_equal(x[:n_pk], pk_only.summarize(res.final.positions))
+    direct = bispectrum(res.final.positions, 64.0, both.triangles, n_mesh=64,
+                        dk=both.bk_bins[2], threads=1)
+    np.testing.assert_allclose(x[n_pk:], direct.bispectrum, rtol=1e-6)
+    assert np.all(x[n_pk:n_pk + 4] > 0)  # gravity makes the large-scale bispectrum positive
