@@ -1,3 +1,6 @@
+import importlib
+import os
+
 import numpy as np
 import pytest
 
@@ -12,3 +15,20 @@ def _seed_everything():
         torch.manual_seed(0)
     except ImportError:
         pass
+
+
+def import_reference(name: str):
+    """Import an independent reference code (Pylians, colossus, CAMB, readgadget, yt, ...).
+
+    Missing on a developer's machine: the test is skipped. Missing in CI (``CI`` set): the test
+    fails, so a comparison against an independent code can never be skipped silently there.
+    """
+    if os.environ.get("CI"):
+        return importlib.import_module(name)
+    return pytest.importorskip(name)
+
+
+@pytest.fixture
+def reference():
+    """``reference("Pk_library")``: see :func:`import_reference`."""
+    return import_reference

@@ -49,11 +49,11 @@ def _clustered_particles(rng, n_part=20000):
 
 # ------------------------------------------------------------------ (a) Pylians
 @pytest.mark.parametrize("kind", ["particles", "mesh"])
-def test_agrees_with_pylians(kind):
+def test_agrees_with_pylians(kind, reference):
     """Same field, Pylians' binning (bin i holds i k_f <= |k| < (i+1) k_f): P, k and mode counts
     agree. Pylians counts each ±k pair once, we count both members: N_ours = 2 N_Pylians below
     the Nyquist frequency (where there is no self-conjugate mode)."""
-    PKL = pytest.importorskip("Pk_library")
+    PKL = reference("Pk_library")
     n = 32
     pos = _clustered_particles(np.random.default_rng(1))
     delta = paint_cic(pos, n, L)
