@@ -3,7 +3,8 @@
 Every :class:`FFT` owns its plans and buffers (nothing is shared between instances or cached at
 class level), so two simulations in one process never touch each other's arrays. Plans use
 ``FFTW_ESTIMATE``: ``FFTW_MEASURE`` picks algorithms by timing and is not bit-reproducible.
-Meshes are float32 (memory and FFT speed); wavenumbers float64.
+Force meshes are float32 (memory and FFT speed); the initial conditions transform in float64
+(``FFT(n, dtype=np.float64)``); wavenumbers are float64.
 """
 
 from __future__ import annotations
@@ -37,49 +38,64 @@ def fftw_plan(src, dst, direction: str, threads: int):
 
 
 class FFT:
-    """Real-to-complex / complex-to-real plans for one mesh shape (float32), owned by this
-    instance.
+    """Real-to-complex / complex-to-real plans for one mesh shape, owned by this instance.
 
-    Uses pyFFTW (threaded, planned with ``FFTW_FLAGS``) and falls back to numpy.fft if pyFFTW is
-    missing. ``forward`` returns the unnormalised transform; ``backward`` includes the 1/N³
-    factor. Reuse one instance for many transforms of the same shape.
+    dtype: float32 (default; complex64 modes) or float64 (complex128 modes). Uses pyFFTW
+    (threaded, planned with ``FFTW_FLAGS``) and falls back to numpy.fft if pyFFTW is missing.
+    ``forward`` returns the unnormalised transform; ``backward`` includes the 1/N³ factor.
+    For work without copies, fill :attr:`real` or :attr:`modes` and call :meth:`r2c` or
+    :meth:`c2r` (unnormalised, in the owned buffers; the input is destroyed). Reuse one
+    instance for many transforms of the same shape.
     """
 
-    def __init__(self, n: int, threads: int = 0):
+    def __init__(self, n: int, threads: int = 0, dtype=np.float32):
+        dtype = np.dtype(dtype)
+        if dtype not in (np.float32, np.float64):
+            raise ValueError(f"FFT dtype must be float32 or float64, got {dtype}")
         self.n = n
         self.threads = default_threads(threads)
+        self.dtype = dtype
+        self.complex_dtype = np.complex64 if dtype == np.float32 else np.complex128
         self.real_shape = (n, n, n)
         self.complex_shape = (n, n, n // 2 + 1)
+        self.real = empty_aligned(self.real_shape, dtype)
+        self.modes = empty_aligned(self.complex_shape, self.complex_dtype)
         if HAVE_PYFFTW:
-            self._real, self._cplx, self._fwd, self._bwd = self._plan()
+            self._fwd = fftw_plan(self.real, self.modes, "FFTW_FORWARD", self.threads)
+            self._bwd = fftw_plan(self.modes, self.real, "FFTW_BACKWARD", self.threads)
 
-    def _plan(self):
-        real = empty_aligned(self.real_shape, np.float32)
-        cplx = empty_aligned(self.complex_shape, np.complex64)
-        return (real, cplx, fftw_plan(real, cplx, "FFTW_FORWARD", self.threads),
-                fftw_plan(cplx, real, "FFTW_BACKWARD", self.threads))
+    def r2c(self):
+        """modes = Σ_x real(x) e^{−ik·x} (unnormalised), in place of the owned buffers."""
+        if HAVE_PYFFTW:
+            self._fwd.execute()
+        else:
+            self.modes[...] = np.fft.rfftn(self.real)
+
+    def c2r(self):
+        """real = Σ_k modes(k) e^{ik·x} (unnormalised: N³ × the inverse transform)."""
+        if HAVE_PYFFTW:
+            self._bwd.execute()
+        else:
+            self.real[...] = np.fft.irfftn(self.modes, s=self.real_shape, axes=(0, 1, 2))
+            self.real *= self.n**3
 
     def forward(self, field, out=None):
-        """r2c transform of a real (N,N,N) field; returns complex64 (N,N,N/2+1)."""
-        if not HAVE_PYFFTW:
-            return np.fft.rfftn(field).astype(np.complex64)
-        self._real[...] = field
-        self._fwd.execute()
+        """r2c transform of a real (N,N,N) field; returns (N,N,N/2+1) modes."""
+        self.real[...] = field
+        self.r2c()
         if out is None:
-            return self._cplx.copy()
-        out[...] = self._cplx
+            return self.modes.copy()
+        out[...] = self.modes
         return out
 
     def backward(self, modes, out=None):
-        """c2r transform (normalised by 1/N³); returns float32 (N,N,N)."""
-        if not HAVE_PYFFTW:
-            return np.fft.irfftn(modes, s=self.real_shape, axes=(0, 1, 2)).astype(np.float32)
-        self._cplx[...] = modes
-        self._bwd.execute()
-        norm = np.float32(1.0 / self.n**3)
+        """c2r transform (normalised by 1/N³); returns a real (N,N,N) field."""
+        self.modes[...] = modes
+        self.c2r()
+        norm = self.dtype.type(1.0 / self.n**3)
         if out is None:
-            return self._real * norm
-        np.multiply(self._real, norm, out=out)
+            return self.real * norm
+        np.multiply(self.real, norm, out=out)
         return out
 
 

@@ -7,7 +7,9 @@ Conventions (docs/physics.md): δ_L is the linear density at a = 1 on the N_p³ 
     F_LPT(a) = 3/2 Ω_m [D1 Ψ1 + (D2 − D1²) Ψ2].
 
 Fourier convention: δ_k = Σ_x δ(x) e^{−ik·x} (unnormalised), P(k) = V/N⁶ ⟨|δ_k|²⟩.
-Fields are float64 (they are computed once per simulation).
+Fields are float64 (they set every particle's displacement; computed once per simulation), and
+so are their transforms: pyFFTW plans owned by one :class:`cocasbi.fft.FFT` (numpy.fft without
+pyFFTW), 15 transforms for 2LPT.
 """
 
 from __future__ import annotations
@@ -17,28 +19,38 @@ from dataclasses import dataclass
 import numpy as np
 
 from cocasbi.cosmology import Cosmology
-from cocasbi.fft import wavenumbers
+from cocasbi.fft import FFT, wavenumbers
 from cocasbi.seeds import as_seed_sequence
 
 
+def _integer_k2(n: int):
+    """|m|² = m_x² + m_y² + m_z² (int32) of every rfft mode, m in fundamental units."""
+    m = np.fft.fftfreq(n, 1.0 / n).astype(np.int32)
+    mz = np.arange(n // 2 + 1, dtype=np.int32)
+    return m[:, None, None] ** 2 + m[None, :, None] ** 2 + mz[None, None, :] ** 2
+
+
 def linear_field_modes(n: int, box_size: float, cosmo: Cosmology, seed,
-                       fixed_amplitude: bool = False, paired: bool = False):
+                       fixed_amplitude: bool = False, paired: bool = False, threads: int = 0):
     """Fourier modes δ_k (complex128, rfft layout) of the linear density at a = 1.
 
     n: grid cells per side; box_size [Mpc/h]; seed: int or numpy SeedSequence. White noise is
-    drawn in real space (so the field is real for any seed), then coloured by √P(k). The k = 0
-    mode and the Nyquist planes are zeroed. ``fixed_amplitude`` sets |δ_k|² = ⟨|δ_k|²⟩ and
-    ``paired`` flips the sign of every mode (Angulo & Pontzen 2016).
+    drawn in real space (so the field is real for any seed), then coloured by √P(k); P is
+    evaluated once per distinct |k|. The k = 0 mode and the Nyquist planes are zeroed.
+    ``fixed_amplitude`` sets |δ_k|² = ⟨|δ_k|²⟩ and ``paired`` flips the sign of every mode
+    (Angulo & Pontzen 2016). threads: FFT threads (0 = all cores).
     """
     rng = np.random.default_rng(as_seed_sequence(seed))
-    white = rng.standard_normal((n, n, n))
-    modes = np.fft.rfftn(white)
+    fft = FFT(n, threads, dtype=np.float64)
+    rng.standard_normal(out=fft.real)
+    fft.r2c()
+    modes = fft.modes  # handed over: this FFT is not used again
     if fixed_amplitude:
         amp = np.abs(modes)
         modes = np.where(amp > 0, modes / np.where(amp > 0, amp, 1.0), 0.0) * np.sqrt(n**3)
-    kx, ky, kz = wavenumbers(n, box_size)
-    k = np.sqrt(kx**2 + ky**2 + kz**2)
-    modes *= np.sqrt(cosmo.linear_power(k) * n**3 / box_size**3)
+    m2 = _integer_k2(n)
+    k = 2 * np.pi / box_size * np.sqrt(np.arange(int(m2.max()) + 1, dtype=np.float64))
+    modes *= np.sqrt(cosmo.linear_power(k) * n**3 / box_size**3)[m2]
     nyq = n // 2
     modes[nyq, :, :] = 0.0
     modes[:, nyq, :] = 0.0
@@ -51,7 +63,10 @@ def lagrangian_grid(n_particles: int, box_size: float, n_mesh: int):
     """Lattice positions q [Mpc/h], (N³, 3) float64, half a mesh cell off the mesh nodes."""
     spacing = box_size / n_particles
     axis = np.arange(n_particles) * spacing + 0.5 * box_size / n_mesh
-    q = np.stack(np.meshgrid(axis, axis, axis, indexing="ij"), axis=-1)
+    q = np.empty((n_particles,) * 3 + (3,))
+    q[..., 0] = axis[:, None, None]
+    q[..., 1] = axis[None, :, None]
+    q[..., 2] = axis[None, None, :]
     return q.reshape(-1, 3)
 
 
@@ -88,31 +103,63 @@ class LPTFields:
         return 1.5 * cosmo.Omega_m * (d1 * self.psi1 + (d2 - d1 * d1) * self.psi2)
 
 
-def lpt_fields(delta_k, box_size: float, n_mesh: int, order: int = 2) -> LPTFields:
-    """1LPT and (order=2) 2LPT displacement fields from linear modes δ_k (rfft layout)."""
+def lpt_fields(delta_k, box_size: float, n_mesh: int, order: int = 2,
+               threads: int = 0) -> LPTFields:
+    """1LPT and (order=2) 2LPT displacement fields from linear modes δ_k (rfft layout).
+
+    threads: FFT threads (0 = all cores). One float64 FFT of the grid serves every transform;
+    the 1/N³ of each inverse transform is folded into its Fourier-space factor.
+    """
     n = delta_k.shape[0]
+    if delta_k.shape != (n, n, n // 2 + 1):
+        raise ValueError(f"delta_k has shape {delta_k.shape}; expected rfft layout "
+                         f"{(n, n, n // 2 + 1)}")
+    if order not in (1, 2):
+        raise ValueError(f"LPT order must be 1 or 2, got {order}")
+    fft = FFT(n, threads, dtype=np.float64)
     kx, ky, kz = wavenumbers(n, box_size)
     k2 = kx**2 + ky**2 + kz**2
     k2[0, 0, 0] = 1.0
-    phi1 = -delta_k / k2  # ∇²φ1 = δ
+    phi1 = np.divide(delta_k, k2)
+    np.negative(phi1, out=phi1)  # ∇²φ1 = δ
     kvec = (kx, ky, kz)
+    norm = 1.0 / n**3
 
-    def to_real(modes):
-        return np.fft.irfftn(modes, s=(n, n, n), axes=(0, 1, 2))
+    def to_real(modes, factor):
+        """c2r of modes × factor, normalised, in fft.real (overwritten by the next call)."""
+        np.multiply(modes, factor, out=fft.modes)
+        fft.c2r()
+        return fft.real
 
-    psi1 = np.stack([to_real(-1j * kvec[i] * phi1) for i in range(3)], axis=-1)
+    psi1 = np.empty((n, n, n, 3))
+    for i in range(3):
+        psi1[..., i] = to_real(phi1, (-1j * norm) * kvec[i])
     if order == 1:
         psi2 = np.zeros_like(psi1)
     else:
-        hess = {(i, j): to_real(-kvec[i] * kvec[j] * phi1) for i in range(3) for j in range(i, 3)}
-        source = (
-            hess[0, 0] * hess[1, 1] + hess[0, 0] * hess[2, 2] + hess[1, 1] * hess[2, 2]
-            - hess[0, 1] ** 2 - hess[0, 2] ** 2 - hess[1, 2] ** 2
-        )
-        phi2 = -np.fft.rfftn(source) / k2
+
+        def hess(i, j):
+            return to_real(phi1, (-norm) * (kvec[i] * kvec[j]))
+
+        # source = Σ_{i>j} [φ1,ii φ1,jj − φ1,ij²], three diagonal fields held at most
+        h00, h11 = hess(0, 0).copy(), hess(1, 1).copy()
+        source = h00 * h11
+        h22 = hess(2, 2)
+        source += np.multiply(h00, h22, out=h00)
+        source += np.multiply(h11, h22, out=h11)
+        del h00, h11
+        for i, j in ((0, 1), (0, 2), (1, 2)):
+            h = hess(i, j)
+            source -= np.multiply(h, h, out=h)
+        fft.real[...] = source
+        del source
+        fft.r2c()
+        phi2 = np.divide(fft.modes, -k2, out=phi1)  # φ1 is no longer needed
+        psi2 = np.empty_like(psi1)
         phi2[0, 0, 0] = 0.0
         nyq = n // 2  # odd derivatives of the Nyquist planes are not real: drop them
         phi2[nyq], phi2[:, nyq], phi2[:, :, nyq] = 0.0, 0.0, 0.0
-        psi2 = np.stack([to_real(1j * kvec[i] * phi2) for i in range(3)], axis=-1)
+        for i in range(3):
+            psi2[..., i] = to_real(phi2, (1j * norm) * kvec[i])
     q = lagrangian_grid(n, box_size, n_mesh)
     return LPTFields(q=q, psi1=psi1.reshape(-1, 3), psi2=psi2.reshape(-1, 3))

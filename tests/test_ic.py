@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from cocasbi.cosmology import Cosmology
-from cocasbi.ic import lagrangian_grid, linear_field_modes, lpt_fields
 from cocasbi.fft import wavenumbers
+from cocasbi.ic import lagrangian_grid, linear_field_modes, lpt_fields
 
 L, N = 100.0, 32
 
@@ -114,3 +114,28 @@ def test_lpt_displacement_divergence_is_minus_delta(order):
     psi1_k = [np.fft.rfftn(f.psi1[:, i].reshape((N,) * 3)) for i in range(3)]
     div = 1j * (kx * psi1_k[0] + ky * psi1_k[1] + kz * psi1_k[2])
     np.testing.assert_allclose(div, -modes, atol=1e-8 * np.abs(modes).max())
+
+
+def test_numpy_fft_fallback_gives_the_same_fields(monkeypatch):
+    """Without pyFFTW the initial conditions use numpy.fft: same fields to float64 round-off."""
+    from cocasbi import fft
+
+    c = Cosmology()
+    modes = linear_field_modes(N, L, c, 9, threads=1)
+    fields = lpt_fields(modes, L, 2 * N, threads=1)
+    monkeypatch.setattr(fft, "HAVE_PYFFTW", False)
+    modes_np = linear_field_modes(N, L, c, 9)
+    np.testing.assert_allclose(modes_np, modes, rtol=0, atol=1e-12 * np.abs(modes).max())
+    fields_np = lpt_fields(modes_np, L, 2 * N)
+    for name in ("psi1", "psi2"):
+        ref = getattr(fields, name)
+        np.testing.assert_allclose(getattr(fields_np, name), ref, rtol=0,
+                                   atol=1e-12 * np.abs(ref).max())
+    np.testing.assert_array_equal(fields_np.q, fields.q)
+
+
+def test_bad_lpt_input_is_refused():
+    with pytest.raises(ValueError, match="rfft layout"):
+        lpt_fields(np.zeros((8, 8, 8), dtype=complex), L, 16)
+    with pytest.raises(ValueError, match="LPT order"):
+        lpt_fields(np.zeros((8, 8, 5), dtype=complex), L, 16, order=3)

@@ -8,8 +8,8 @@ import pytest
 
 from cocasbi.config import ConfigError, load_config
 from cocasbi.cosmology import Cosmology
-from cocasbi.ic import LPTFields, lagrangian_grid, linear_field_modes, lpt_fields
 from cocasbi.gravity import ForceSolver
+from cocasbi.ic import LPTFields, lagrangian_grid, linear_field_modes, lpt_fields
 from cocasbi.nbody import Stepper, TimeSchedule, force_schedule
 from cocasbi.simulation import simulate
 
