@@ -5,19 +5,33 @@
 
 from __future__ import annotations
 
+import ast
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from cocasbi.config import load_config
 from cocasbi.cosmology import Cosmology
 from cocasbi.frame.basis import TimeBasis
-from cocasbi.frame.emulator import FrameEmulator, load_frame
+from cocasbi.frame.emulator import FrameEmulator, load_frame, shipped_frame_path
 from cocasbi.frame.training.basis import fit_time_basis
-from cocasbi.frame.training.data import list_samples, make_training_data, read_sample
+from cocasbi.frame.training.data import (
+    list_samples,
+    make_training_data,
+    read_sample,
+    training_design,
+    training_sample,
+    write_sample,
+)
 from cocasbi.frame.training.transfer import TransferFitter, fit_transfer
 from cocasbi.frame.transfer import CosmologyFeatures
 from cocasbi.nbody import ResidualRecorder
-from cocasbi.seeds import simulation_seed
+from cocasbi.prior import DEFAULT_PRIOR
+from cocasbi.seeds import design_seed, simulation_seed
 from cocasbi.simulation import simulate
 
 
@@ -237,3 +251,210 @@ def test_fit_transfer_on_stored_data(small_data):
     s = read_sample(paths[0])
     c = model.predict(s.psi1.reshape(-1, 3), s.psi2.reshape(-1, 3), s.box_size, s.cosmology)
     assert c.shape == (2, 16**3, 3) and np.all(np.isfinite(c))
+
+
+# ---------------------------------------------------------------------------- module structure
+FRAME_DIR = Path(__file__).resolve().parents[1] / "cocasbi" / "frame"
+
+
+def _frame_imports() -> dict[str, set[str]]:
+    """Module → the cocasbi modules it imports (anywhere in the file, lazy imports included)."""
+    graph = {}
+    for path in FRAME_DIR.rglob("*.py"):
+        parts = path.relative_to(FRAME_DIR.parent.parent).with_suffix("").parts
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        deps = set()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                deps.add(node.module)
+            elif isinstance(node, ast.Import):
+                deps.update(a.name for a in node.names)
+        graph[name] = {d for d in deps if d.startswith("cocasbi")}
+    return graph
+
+
+def test_frame_modules_have_no_import_cycle():
+    graph = _frame_imports()
+    assert "cocasbi.frame.training.data" in graph and "cocasbi.frame.emulator" in graph
+    state = {}
+
+    def visit(m, stack):
+        state[m] = "open"
+        for d in sorted(graph.get(m, ())):
+            if d not in graph:
+                continue
+            assert state.get(d) != "open", f"import cycle: {' -> '.join([*stack, m, d])}"
+            if d not in state:
+                visit(d, [*stack, m])
+        state[m] = "done"
+
+    for m in sorted(graph):
+        if m not in state:
+            visit(m, [])
+
+
+def test_runtime_frame_does_not_import_training_or_simulation():
+    for module, deps in _frame_imports().items():
+        if module.startswith("cocasbi.frame.training"):
+            continue
+        bad = {d for d in deps if d.startswith(("cocasbi.frame.training", "cocasbi.simulation"))}
+        assert not bad, f"{module} imports {bad}"
+    # and at run time: loading the package pulls in neither them nor torch
+    code = ("import sys, cocasbi.frame; bad = [m for m in sys.modules if m == 'torch' or "
+            "m.startswith(('cocasbi.frame.training', 'cocasbi.simulation'))]; print(bad)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.strip() == "[]"
+
+
+# ---------------------------------------------------------------------------- training samples
+def test_training_sample_is_deterministic_and_uses_theta(small_cfg, tmp_path):
+    cfg = small_cfg.replace(simulation={"n_steps": 1})
+    seed = simulation_seed(9, 4)
+    a = training_sample(cfg, {"sigma8": 0.7}, seed)
+    b = training_sample(cfg, {"sigma8": 0.7}, simulation_seed(9, 4))
+    c = training_sample(cfg, {"sigma8": 0.9}, simulation_seed(9, 4))
+    np.testing.assert_array_equal(a.residual, b.residual)
+    assert a.cosmology["sigma8"] == 0.7 and a.cosmology["Omega_m"] == cfg.cosmology.Omega_m
+    # same phases, larger amplitude: Ψ1 scales with σ8 exactly
+    np.testing.assert_allclose(c.psi1, a.psi1 * 0.9 / 0.7, rtol=1e-5, atol=1e-6)
+    back = read_sample(write_sample(tmp_path / "s.h5", a))
+    np.testing.assert_array_equal(back.residual, a.residual)
+    assert back.cosmology == a.cosmology and back.seed.spawn_key == (4,)
+    with pytest.raises(ValueError, match="unknown cosmological parameter"):
+        training_sample(cfg, {"w0": -1.0}, seed)
+
+
+def test_training_design_comes_from_the_prior_and_design_seed():
+    rows = training_design(DEFAULT_PRIOR, 8, master_seed=3)
+    expected = DEFAULT_PRIOR.design(8, np.random.default_rng(design_seed(3)))
+    np.testing.assert_array_equal([[r[n] for n in DEFAULT_PRIOR.names] for r in rows], expected)
+    # a Latin hypercube: one point in each eighth of every axis
+    for j in range(DEFAULT_PRIOR.dim):
+        assert sorted(np.floor(DEFAULT_PRIOR.to_unit(expected)[:, j] * 8)) == list(range(8))
+
+
+# ---------------------------------------------------------------------------- safe frame files
+MARKER = "cocasbi_marker_was_created"
+
+
+class _RunsCode:
+    """Unpickling this calls os.system (it would create the marker file)."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def _one_line_error(path, match):
+    with pytest.raises(ValueError, match=match) as err:
+        load_frame(path)
+    assert "\n" not in str(err.value) and str(path) in str(err.value)
+    return str(err.value)
+
+
+@pytest.fixture()
+def vnet_frame(tmp_path):
+    """A small valid V-net frame file and its checkpoint dict."""
+    torch = pytest.importorskip("torch")
+    from cocasbi.frame.neural import VNetFrameModel
+    from cocasbi.frame.vnet import StyledVNet
+
+    K = 2
+    torch.manual_seed(0)
+    net = StyledVNet(6, 3 * K, 2, base_channels=4, levels=1)
+    basis = TimeBasis(np.array([0.1, 0.5, 1.0]), np.eye(3)[:K], np.array([2.0, 1.0, 0.0]))
+    model = VNetFrameModel(net, K, [1.0, 0.5], [0.3, 0.1], CosmologyFeatures(degree=1))
+    path = FrameEmulator("vnet", basis, model, {"note": "test"}).save(tmp_path / "ok.pt")
+    return path, torch.load(path, weights_only=True)
+
+
+@pytest.mark.parametrize("cls", ["subprocess:run", "os:system", "builtins:eval"])
+def test_checkpoint_naming_a_callable_is_refused(tmp_path, vnet_frame, cls):
+    torch = pytest.importorskip("torch")
+    marker = tmp_path / MARKER
+    _, obj = vnet_frame
+    bad = {**obj, "class": cls, "hparams": {"args": ["touch", str(marker)]}}
+    torch.save(bad, tmp_path / "bad.pt")
+    _one_line_error(tmp_path / "bad.pt", "model class .* is not one of")
+    assert not marker.exists()
+
+
+def test_pickled_code_in_a_frame_file_is_never_run(tmp_path, vnet_frame):
+    torch = pytest.importorskip("torch")
+    marker = tmp_path / MARKER
+    _, obj = vnet_frame
+    torch.save({**obj, "extra": {**obj["extra"], "meta": _RunsCode(marker)}}, tmp_path / "b.pt")
+    msg = _one_line_error(tmp_path / "b.pt", "pickled Python object")
+    assert "system" in msg and not marker.exists()
+    np.savez(tmp_path / "b.npz", meta_json=np.array([_RunsCode(marker)], dtype=object))
+    _one_line_error(tmp_path / "b.npz", "not a frame file")
+    assert not marker.exists()
+
+
+def test_malformed_model_files_give_one_line_errors(tmp_path, vnet_frame):
+    torch = pytest.importorskip("torch")
+    good, obj = vnet_frame
+    rng = np.random.default_rng(0)
+    (tmp_path / "random.pt").write_bytes(rng.bytes(2000))
+    _one_line_error(tmp_path / "random.pt", "not a readable model file")
+    (tmp_path / "trunc.pt").write_bytes(good.read_bytes()[:3000])
+    _one_line_error(tmp_path / "trunc.pt", "truncated or corrupt")
+    torch.save(torch.zeros(3), tmp_path / "tensor.pt")
+    _one_line_error(tmp_path / "tensor.pt", "holds a Tensor, not a dict")
+    cases = {
+        "hparams": ({**obj, "hparams": {**obj["hparams"], "levels": -1}}, "levels"),
+        "hparams_key": ({**obj, "hparams": {**obj["hparams"], "evil": 1}}, "evil"),
+        "weights": ({**obj, "state_dict": {**obj["state_dict"],
+                                           "out.bias": torch.zeros(5)}}, "out.bias"),
+        "channels": ({**obj, "extra": {**obj["extra"], "K": 3,
+                                       "out_scale": torch.ones(3)}}, "basis has 2"),
+        "basis": ({**obj, "extra": {**obj["extra"], "basis": {
+            **obj["extra"]["basis"], "basis_functions": torch.zeros(2, 5)}}}, "basis_functions"),
+        "kind": ({**obj, "extra": {**obj["extra"], "kind": "transfer"}}, "not a V-net"),
+    }
+    for name, (bad, match) in cases.items():
+        torch.save(bad, tmp_path / f"{name}.pt")
+        _one_line_error(tmp_path / f"{name}.pt", match)
+    assert load_frame(good).K == 2
+
+
+def test_malformed_npz_frames_give_one_line_errors(tmp_path):
+    good = shipped_frame_path("tiny")
+    with np.load(good, allow_pickle=False) as d:
+        arrays = {k: d[k] for k in d.files}
+    rng = np.random.default_rng(1)
+    (tmp_path / "random.npz").write_bytes(rng.bytes(2000))
+    _one_line_error(tmp_path / "random.npz", "not a")
+    (tmp_path / "trunc.npz").write_bytes(good.read_bytes()[:2000])
+    _one_line_error(tmp_path / "trunc.npz", "not a")
+    np.savez(tmp_path / "other.npz", x=np.zeros(3))
+    _one_line_error(tmp_path / "other.npz", "missing entry 'meta_json'")
+    np.save(tmp_path / "single.npy", np.zeros(3))
+    (tmp_path / "single.npy").rename(tmp_path / "single.npz")
+    _one_line_error(tmp_path / "single.npz", "one array")
+    cases = {
+        "tau": ({"tau": arrays["tau"][:, :, :, :-1]}, "entry 'tau' has shape"),
+        "dtype": ({"basis_times": arrays["basis_times"].astype(str)}, "basis_times.*dtype"),
+        "nan": ({"k_nodes": arrays["k_nodes"] * np.nan}, "k_nodes.*non-finite"),
+        "missing": ({"basis_functions": None}, "missing entry 'basis_functions'"),
+        "kind": ({"meta_json": np.array('{"kind": "vnet"}')}, "not 'transfer'"),
+        "meta": ({"meta_json": np.array("[1, 2")}, "meta_json.*not JSON"),
+        "names": ({"feature_names": np.array(["Omega_m", "w0"])}, "not parameters"),
+    }
+    for name, (change, match) in cases.items():
+        bad = {k: v for k, v in {**arrays, **change}.items() if v is not None}
+        np.savez(tmp_path / f"{name}.npz", **bad)
+        _one_line_error(tmp_path / f"{name}.npz", match)
+
+
+def test_shipped_frames_load_safely():
+    emu = load_frame("tiny")
+    assert emu.kind == "transfer" and emu.K == 4
+    pytest.importorskip("torch")
+    path = Path(__file__).resolve().parents[1] / "experiments" / "results" / "frame_paper_vnet.pt"
+    vnet = load_frame(path)
+    assert vnet.kind == "vnet" and vnet.K == 4 and vnet.model.net.hparams["in_channels"] == 8
+    assert vnet.meta["best_epoch"] == 94

@@ -19,6 +19,7 @@ wrong shape) is a one-line ValueError naming the file and the problem.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -68,7 +69,7 @@ def to_safe(obj: Any) -> Any:
     if isinstance(obj, np.ndarray):
         if obj.dtype.kind in "US":
             return [str(x) for x in obj.reshape(-1)] if obj.ndim else str(obj)
-        return torch.from_numpy(np.ascontiguousarray(obj))
+        return torch.from_numpy(np.array(obj, order="C"))
     if isinstance(obj, np.generic):
         return obj.item()
     if isinstance(obj, dict):
@@ -120,14 +121,27 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any unreadable file is the same user error
-        reason = " ".join(str(err).split())[:200] or type(err).__name__
-        raise ValueError(f"{path}: not a readable model file ({reason})") from None
+        raise ValueError(f"{path}: not a readable model file ({_load_error(err)})") from None
     if not isinstance(obj, dict):
         raise ValueError(f"{path}: not a model file (holds a {type(obj).__name__}, not a dict)")
     missing = [k for k in ("class", "hparams", "state_dict") if k not in obj]
     if missing:
         raise ValueError(f"{path}: not a model file (missing {', '.join(missing)})")
     return obj
+
+
+def _load_error(err: Exception) -> str:
+    """A short reason for a failed ``torch.load(weights_only=True)``."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(err))
+    found = re.search(r"GLOBAL ([\w.]+)", text)
+    if found:
+        return (f"it holds a pickled Python object {found.group(1)}; only tensors and plain "
+                "data are read")
+    if "Weights only load failed" in text:
+        return "not a tensor file: unpickling failed"
+    if "zip archive" in text or "central directory" in text:
+        return "truncated or corrupt archive"
+    return " ".join(text.split())[:150] or type(err).__name__
 
 
 def build_model(spec: dict[str, Any], where: str = "model file") -> nn.Module:

@@ -125,13 +125,16 @@ def read_transfer_frame(path: str | Path) -> tuple[TimeBasis, TransferModel, dic
     one (unreadable, pickled objects, missing or malformed entries)."""
     path = Path(path)
     try:
-        with np.load(path, allow_pickle=False) as d:
-            if not isinstance(d, np.lib.npyio.NpzFile):
-                raise ValueError("holds one array, not a frame archive")
+        d = np.load(path, allow_pickle=False)
+        if not isinstance(d, np.lib.npyio.NpzFile):
+            raise ValueError("holds one array, not a frame archive")
+        with d:
             entries = {k: d[k] for k in (*BASIS_KEYS, *TRANSFER_KEYS, "meta_json")
                        if k in d.files}
     except ValueError as err:
-        raise ValueError(f"{path}: not a frame file ({err})") from None
+        reason = ("pickled or unreadable data, which is never loaded" if "pickle" in str(err)
+                  else str(err))
+        raise ValueError(f"{path}: not a frame file ({reason})") from None
     except (OSError, EOFError, zipfile.BadZipFile, KeyError) as err:
         reason = " ".join(str(err).split())[:200] or type(err).__name__
         raise ValueError(f"{path}: not a readable frame file ({reason})") from None

@@ -123,6 +123,7 @@ def read_vnet_frame(path: str | Path,
 
     obj = read_checkpoint(path)
     where = str(path)
+    net = build_model(obj, where)  # allow-listed class, validated hyper-parameters
     extra = obj.get("extra")
     try:
         if not isinstance(extra, dict) or extra.get("kind") != "vnet":
@@ -145,7 +146,7 @@ def read_vnet_frame(path: str | Path,
         if base is not None and not isinstance(base, dict):
             raise ValueError("entry 'base' must be a dict or None")
         base = transfer_from(base, K) if base is not None else None
-        hp = obj["hparams"] if isinstance(obj["hparams"], dict) else {}
+        hp = net.hparams
         expected = {"in_channels": 6 if len(in_scale) == 2 else 8,
                     "out_channels": 3 * K, "style_dim": len(features.names)}
         for key, value in expected.items():
@@ -153,7 +154,6 @@ def read_vnet_frame(path: str | Path,
                 raise ValueError(f"network {key}={hp.get(key)!r}, the frame needs {value}")
     except ValueError as err:
         raise ValueError(f"{where}: bad V-net frame: {err}") from None
-    net = build_model(obj, where)
     load_weights(net, obj["state_dict"], where)
     net.to(device).eval()
     model = VNetFrameModel(net, K, in_scale, out_scale, features, base, device)
