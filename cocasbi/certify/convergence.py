@@ -1,0 +1,45 @@
+"""Convergence certificate: errors must fall toward zero as force evaluations are added.
+
+A method that converges to the reference shows paired errors that shrink as its steps (PM,
+COLA) or forces (COCA, schedule ``even:K``) grow. :func:`is_converging` flags a sequence that
+rises by more than a tolerance between levels, or does not end well below where it started,
+unless it is already under a floor (where round-off and reference error dominate).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+#: Metrics followed along the ladder.
+LADDER_METRICS = ("rms_dx", "pk_ratio", "one_minus_r2")
+
+
+def is_converging(values, tolerance: float = 0.2, floor: float = 0.0) -> bool:
+    """True if ``values`` (error per level, increasing cost) fall toward zero.
+
+    Each value may exceed the previous one by at most a factor 1 + ``tolerance`` and the last
+    must be below half the first; values at or below ``floor`` always pass.
+    """
+    v = np.asarray(values, dtype=np.float64)
+    if v.size < 2 or not np.all(np.isfinite(v)):
+        return False
+    above = np.maximum(v, floor)
+    rising = np.any(above[1:] > above[:-1] * (1 + tolerance))
+    return bool(not rising and (v[-1] <= floor or v[-1] < 0.5 * v[0]))
+
+
+def default_levels(method: str, n_steps: int, n_forces: int, max_forces: int) -> list[int]:
+    """Steps (PM, COLA: ½, 1, 2, 4 × n_steps) or forces (COCA: ½, 1, 2 × n_forces and all
+    ``max_forces``)."""
+    if method == "coca":
+        return sorted({n_forces // 2, n_forces, min(2 * n_forces, max_forces), max_forces})
+    return sorted({max(n_steps // 2, 1), n_steps, 2 * n_steps, 4 * n_steps})
+
+
+def worst(metrics: dict, kmax: float) -> dict[str, float]:
+    """Scalar summaries of one pair's metrics: rms_dx [Mpc/h] and the worst |P ratio − 1|,
+    1 − r² over k <= kmax."""
+    sel = (metrics["k"] <= kmax) & (metrics["n_modes"] > 0)
+    return {"rms_dx": float(metrics["rms_dx"]),
+            "pk_ratio": float(np.max(np.abs(metrics["pk_ratio"][sel]))),
+            "one_minus_r2": float(np.max(metrics["one_minus_r2"][sel]))}
