@@ -1,0 +1,232 @@
+"""Benchmark of the simulation engine beyond 64³: wall time, its breakdown and peak memory.
+
+For each size (particles³ / mesh³, L = 2 Mpc/h per particle spacing, as in ``paper``), in a
+fresh process per size:
+
+* a 10-step COLA run (initial conditions + ``simulate(cfg, lpt=..., solver=...)``), ``--repeat``
+  times after one warm-up run; the minimum is reported, split into the initial conditions
+  (``initial_conditions``: white noise, float64 FFTs, 2LPT), the force evaluations
+  (``ForceSolver.force_field``: sort, paint, r2c, Green's function, c2r, gradient stencil), the
+  particle passes (``nbody._particle_pass``: CIC readout of the force fused with the kicks, LPT
+  terms and drift) and the rest (growth and kick/drift factors, set-up, final momenta). The
+  readout's share of the particle passes is estimated by timing ``readout_cic`` alone on the
+  final positions.
+* with ``--memory``, the peak resident memory (``ru_maxrss``) of one PM, COLA and COCA run, each
+  in its own process, above the process's resident memory after imports and a 16³ warm-up run.
+  COCA uses a synthetic frame with the memory of an emulated one: K coefficient fields (K, N³, 3)
+  float64 and a cache of the last 4 query times (the network's own memory is not included).
+
+Numba threads and FFTW threads are ``--threads`` (0 = every core). The load average before and
+after each size is printed: other jobs on the machine inflate every figure.
+
+    python experiments/bench_engine.py [--sizes 64:128,128:128,128:256] [--repeat 3]
+                                       [--threads 0] [--memory] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+N_STEPS = 10
+FRAME_K = 4
+
+
+def _config(n_particles: int, n_mesh: int, method: str = "cola", threads: int = 0):
+    from cocasbi.config import load_config
+
+    return load_config("tiny").replace(simulation={
+        "n_particles": n_particles, "n_mesh": n_mesh, "box_size": 2.0 * n_particles,
+        "n_steps": N_STEPS, "method": method, "threads": threads, "snapshots": [],
+    })
+
+
+class _SyntheticFrame:
+    """Memory stand-in for an emulated COCA frame: p_ML(a) = Σ_k b_k(a) c_k, cached 4 times."""
+
+    def __init__(self, lpt, cosmo, k: int = FRAME_K):
+        g = np.array([cosmo.G1(1.0) * 0.01 * (j + 1) for j in range(k)])
+        self.coeffs = g[:, None, None] * lpt.psi1[None]  # (K, N, 3) float64
+        self.cache: dict[float, np.ndarray] = {}
+
+    def residual_momentum(self, a: float) -> np.ndarray:
+        out = self.cache.get(float(a))
+        if out is None:
+            b = np.array([a ** (j + 1) for j in range(len(self.coeffs))])
+            out = np.tensordot(b, self.coeffs, axes=(0, 0))
+            if len(self.cache) >= 4:
+                del self.cache[next(iter(self.cache))]
+            self.cache[float(a)] = out
+        return out
+
+
+def _rss_bytes() -> int:
+    """Peak resident memory of this process so far [bytes] (Linux: ru_maxrss in KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _current_rss() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _warm_up(threads: int):
+    from cocasbi.simulation import simulate
+
+    for method in ("cola", "pm"):  # compile / load every numba kernel once
+        simulate(_config(16, 32, method, threads))
+
+
+# ---------------------------------------------------------------------------- workers
+def worker_time(n_particles: int, n_mesh: int, repeat: int, threads: int) -> dict:
+    """10-step COLA runs with the time split into ICs, forces, particle passes and the rest."""
+    from cocasbi import nbody
+    from cocasbi.cic import readout_cic
+    from cocasbi.cosmology import Cosmology
+    from cocasbi.gravity import ForceSolver
+    from cocasbi.simulation import initial_conditions, simulate
+    from cocasbi.threads import numba_threads
+
+    _warm_up(threads)
+    cfg = _config(n_particles, n_mesh, "cola", threads)
+    sim = cfg.simulation
+    cosmo = Cosmology.from_config(cfg.cosmology)
+    solver = ForceSolver(sim.n_mesh, sim.box_size, cosmo.Omega_m, sim.kernel, sim.threads)
+    acc = {"forces": 0.0, "passes": 0.0}
+    force_field, particle_pass = solver.force_field, nbody._particle_pass
+
+    def timed_force_field(x):
+        t0 = time.perf_counter()
+        out = force_field(x)
+        acc["forces"] += time.perf_counter() - t0
+        return out
+
+    def timed_pass(*args):
+        t0 = time.perf_counter()
+        particle_pass(*args)
+        acc["passes"] += time.perf_counter() - t0
+
+    solver.force_field = timed_force_field
+    nbody._particle_pass = timed_pass
+    runs = []
+    try:
+        for r in range(repeat + 1):  # run 0 warms this size up (page cache, allocator)
+            acc["forces"] = acc["passes"] = 0.0
+            t0 = time.perf_counter()
+            lpt = initial_conditions(cfg, cosmo, seed=r)
+            t_ic = time.perf_counter() - t0
+            res = simulate(cfg, lpt=lpt, solver=solver)
+            total = time.perf_counter() - t0
+            run = {"total": total, "ic": t_ic, "forces": acc["forces"],
+                   "passes": acc["passes"], "n_forces": res.n_force_evaluations}
+            run["rest"] = total - t_ic - run["forces"] - run["passes"]
+            if r:
+                runs.append(run)
+    finally:
+        nbody._particle_pass = particle_pass
+    # the readout alone, on the final positions (as in the last particle pass)
+    with numba_threads(threads):
+        mesh, sp, order = force_field(res.final.positions)
+        out = np.empty_like(res.final.positions)
+        ts = []
+        for _ in range(5):
+            t0 = time.perf_counter()
+            readout_cic(mesh, sp, sim.box_size, out=out, order=order)
+            ts.append(time.perf_counter() - t0)
+    best = min(runs, key=lambda r: r["total"])
+    best["readout_each"] = min(ts)
+    best["all_totals"] = [r["total"] for r in runs]
+    return best
+
+
+def worker_memory(n_particles: int, n_mesh: int, method: str, threads: int) -> dict:
+    """Peak resident memory of one 10-step run above the warmed-up process."""
+    from cocasbi.cosmology import Cosmology
+    from cocasbi.simulation import initial_conditions, simulate
+
+    _warm_up(threads)
+    base_current, base_peak = _current_rss(), _rss_bytes()
+    cfg = _config(n_particles, n_mesh, method, threads)
+    cosmo = Cosmology.from_config(cfg.cosmology)
+    lpt = initial_conditions(cfg, cosmo)
+    frame = _SyntheticFrame(lpt, cosmo) if method == "coca" else None
+    simulate(cfg, lpt=lpt, frame=frame)
+    peak = _rss_bytes()
+    return {"base_rss": base_current, "base_peak": base_peak, "peak": peak,
+            "above_base": peak - base_current, "per_particle": (peak - base_current)
+            / n_particles**3}
+
+
+# ---------------------------------------------------------------------------- driver
+def _run_worker(kind: str, *args) -> dict:
+    cmd = [sys.executable, __file__, "--worker", kind, *map(str, args)]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def _load() -> str:
+    return ", ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sizes", default="64:128,128:128,128:256",
+                    help="comma-separated particles:mesh (cells per side)")
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--memory", action="store_true", help="also peak memory of PM/COLA/COCA")
+    ap.add_argument("--json", help="write every figure to this file")
+    ap.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.worker:
+        kind, *rest = args.worker
+        if kind == "time":
+            res = worker_time(int(rest[0]), int(rest[1]), int(rest[2]), int(rest[3]))
+        else:
+            res = worker_memory(int(rest[0]), int(rest[1]), rest[2], int(rest[3]))
+        print(json.dumps(res))
+        return
+    sizes = [tuple(int(v) for v in s.split(":")) for s in args.sizes.split(",")]
+    report = {"time": {}, "memory": {}, "cpus": len(os.sched_getaffinity(0)),
+              "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}
+    print(f"10-step COLA, {report['cpus']} cores, threads={args.threads}, "
+          f"best of {args.repeat} runs")
+    print("| particles / mesh | total [s] | ICs [s] | forces [s] | particle passes [s] "
+          "(readout est.) | rest [s] | non-force share | all runs [s] | load before/after |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for n_p, n_m in sizes:
+        before = _load()
+        r = _run_worker("time", n_p, n_m, args.repeat, args.threads)
+        report["time"][f"{n_p}:{n_m}"] = r
+        readout = r["readout_each"] * r["n_forces"]
+        share = 1 - r["forces"] / r["total"]
+        share_ro = 1 - (r["forces"] + readout) / r["total"]
+        print(f"| {n_p}³ / {n_m}³ | {r['total']:.3f} | {r['ic']:.3f} | {r['forces']:.3f} | "
+              f"{r['passes']:.3f} ({readout:.3f}) | {r['rest']:.3f} | {share:.0%} "
+              f"({share_ro:.0%} with the readout as force) | "
+              f"{', '.join(f'{t:.2f}' for t in r['all_totals'])} | {before} / {_load()} |",
+              flush=True)
+    if args.memory:
+        print("\nPeak memory above the warmed-up process (ru_maxrss), one 10-step run each")
+        print("| particles / mesh | method | peak above base [MB] | bytes per particle |")
+        print("|---|---|---|---|")
+        for n_p, n_m in sizes:
+            for method in ("pm", "cola", "coca"):
+                m = _run_worker("memory", n_p, n_m, method, args.threads)
+                report["memory"][f"{n_p}:{n_m}:{method}"] = m
+                print(f"| {n_p}³ / {n_m}³ | {method} | {m['above_base'] / 1e6:.0f} | "
+                      f"{m['per_particle']:.0f} |", flush=True)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
