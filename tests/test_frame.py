@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from cocasbi.config import load_config
 from cocasbi.cosmology import Cosmology
@@ -458,3 +459,73 @@ def test_shipped_frames_load_safely():
     vnet = load_frame(path)
     assert vnet.kind == "vnet" and vnet.K == 4 and vnet.model.net.hparams["in_channels"] == 8
     assert vnet.meta["best_epoch"] == 94
+
+
+# ---------------------------------------------------------------------------- training config
+def test_training_config_validates_and_reads_yaml(tmp_path):
+    from pydantic import ValidationError
+
+    from cocasbi.config import ConfigError
+    from cocasbi.frame.training.config import VNetTrainingConfig
+
+    cfg = VNetTrainingConfig()
+    assert (cfg.K, cfg.epochs, cfg.crop, cfg.grad_clip, cfg.base) == (4, 20, None, 1.0,
+                                                                      "transfer")
+    with pytest.raises(ValidationError):
+        cfg.epochs = 3  # frozen
+    cases = [({"epoch": 3}, "epoch: unknown key"), ({"lr": -1e-3}, "lr"),
+             ({"crop": 12}, "multiple of 2\\*\\*levels=8"), ({"K": 0}, "K"),
+             ({"base": "cnn"}, "base"), ({"epochs": "many"}, "epochs")]
+    for data, match in cases:
+        with pytest.raises(ConfigError, match=match) as err:
+            VNetTrainingConfig.from_dict(data, "t.yaml")
+        assert "\n" not in str(err.value)
+    path = tmp_path / "train.yaml"
+    path.write_text("epochs: 5\ncrop: 16\nlevels: 2\n")
+    got = VNetTrainingConfig.from_yaml(path, epochs=7, lr=None)  # None: not given
+    assert (got.epochs, got.crop, got.levels, got.lr) == (7, 16, 2, 1e-3)
+    assert VNetTrainingConfig.from_dict(yaml.safe_load(got.to_yaml())) == got
+    path.write_text("lr: [1\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        VNetTrainingConfig.from_yaml(path)
+
+
+def test_untrained_vnet_frame_is_its_base_transfer_model(small_data, tmp_path):
+    """With the zero-initialised output layer and a vanishing learning rate the trained frame
+    is the transfer model fitted on the same training files."""
+    pytest.importorskip("torch")
+    from cocasbi.frame.training.config import VNetTrainingConfig
+    from cocasbi.frame.training.neural import train_vnet_frame
+
+    _, paths = small_data
+    cfg = VNetTrainingConfig(K=2, n_val=1, epochs=1, lr=1e-12, batch_size=2, base_channels=4,
+                             levels=1, degree=0)
+    emu = load_frame(train_vnet_frame(paths, tmp_path / "v.pt", cfg, progress=False))
+    assert emu.kind == "vnet" and emu.meta["config"] == cfg.model_dump()
+    assert emu.meta["n_train_sims"] == 2 and len(emu.meta["history"]["val_loss"]) == 1
+    basis = fit_time_basis(paths[:2], K=2)
+    base = fit_transfer(paths[:2], basis, CosmologyFeatures(degree=0))
+    np.testing.assert_array_equal(emu.basis.functions, basis.functions)
+    s = read_sample(paths[2])
+    args = (s.psi1.reshape(-1, 3), s.psi2.reshape(-1, 3), s.box_size, s.cosmology)
+    want = base.predict(*args)
+    np.testing.assert_allclose(emu.model.predict(*args), want, rtol=0,
+                               atol=1e-6 * np.abs(want).max())
+
+
+def test_cli_train_vnet_rejects_a_bad_config_before_work(small_data, tmp_path):
+    from typer.testing import CliRunner
+
+    from cocasbi.cli import app
+
+    data, _ = small_data
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("epochs: 2\nlearning_rate: 0.1\n")
+    out = tmp_path / "f.pt"
+    result = CliRunner().invoke(app, ["frame", "train", str(data), "--kind", "vnet",
+                                      "--config", str(bad), "--out", str(out)])
+    assert result.exit_code == 2 and "learning_rate: unknown key" in result.output
+    result = CliRunner().invoke(app, ["frame", "train", str(data), "--kind", "vnet",
+                                      "--crop", "12", "--out", str(out)])
+    assert result.exit_code == 2 and "multiple of 2**levels" in result.output
+    assert not out.exists()

@@ -59,24 +59,24 @@ def train_cmd(
     config: Annotated[Path | None, typer.Option(
         "--config", "-c", help="vnet: YAML training config (options below override it)")] = None,
     K: Annotated[int | None, typer.Option(
-        "-K", "--n-basis", help="number of time-basis functions [default: 4]")] = None,
+        "-K", "--n-basis", help="number of time-basis functions (default 4)")] = None,
     degree: Annotated[int | None, typer.Option(
         "--degree", help="polynomial degree in (Omega_m, sigma8); 0 = fixed "
-        "[default: transfer 0, vnet base model 1]")] = None,
+        "(default transfer 0, vnet base model 1)")] = None,
     n_val: Annotated[int | None, typer.Option(
-        "--n-val", help="vnet: simulations held out for validation [default: 2]")] = None,
-    epochs: Annotated[int | None, typer.Option("--epochs", help="vnet [default: 20]")] = None,
-    lr: Annotated[float | None, typer.Option("--lr", help="vnet [default: 1e-3]")] = None,
+        "--n-val", help="vnet: simulations held out for validation (default 2)")] = None,
+    epochs: Annotated[int | None, typer.Option("--epochs", help="vnet (default 20)")] = None,
+    lr: Annotated[float | None, typer.Option("--lr", help="vnet (default 1e-3)")] = None,
     batch_size: Annotated[int | None, typer.Option(
-        "--batch-size", help="vnet [default: 4]")] = None,
+        "--batch-size", help="vnet (default 4)")] = None,
     crop: Annotated[int | None, typer.Option(
-        "--crop", help="vnet: random periodic crop size (0 = full box) [default: 0]")] = None,
+        "--crop", help="vnet: random periodic crop size (0 = full box) (default 0)")] = None,
     base_channels: Annotated[int | None, typer.Option(
-        "--base-channels", help="vnet [default: 16]")] = None,
-    levels: Annotated[int | None, typer.Option("--levels", help="vnet [default: 3]")] = None,
+        "--base-channels", help="vnet (default 16)")] = None,
+    levels: Annotated[int | None, typer.Option("--levels", help="vnet (default 3)")] = None,
     time_budget: Annotated[float | None, typer.Option(
         "--time-budget", help="vnet: training time budget [s]")] = None,
-    seed: Annotated[int | None, typer.Option("--seed", help="vnet [default: 0]")] = None,
+    seed: Annotated[int | None, typer.Option("--seed", help="vnet (default 0)")] = None,
     device: Annotated[str, typer.Option("--device", help="vnet: cpu, cuda or auto")] = "cpu",
     resume: Annotated[bool, typer.Option("--resume/--no-resume")] = False,
     progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
@@ -84,6 +84,24 @@ def train_cmd(
     """Fit a frame emulator on stored COLA residuals and save it (loads on CPU)."""
     from cocasbi.frame.training.data import list_samples
 
+    if kind not in ("transfer", "vnet"):
+        raise ValueError(f"--kind must be transfer or vnet, not {kind!r}")
+    if kind == "vnet":
+        from cocasbi.frame.training.config import VNetTrainingConfig
+
+        options = dict(K=K, degree=degree, n_val=n_val, epochs=epochs, lr=lr,
+                       batch_size=batch_size, crop=None if crop == 0 else crop,
+                       base_channels=base_channels, levels=levels, time_budget_s=time_budget,
+                       seed=seed)
+        if config is not None:
+            settings = VNetTrainingConfig.from_yaml(config, **options)
+        else:
+            settings = VNetTrainingConfig.from_dict(
+                {k: v for k, v in options.items() if v is not None}, "command-line options")
+        if crop == 0:  # explicit "whole boxes" overrides a crop in the YAML file
+            settings = VNetTrainingConfig.from_dict({**settings.model_dump(), "crop": None})
+    elif config is not None:
+        raise ValueError("--config is a V-net training config; not used with --kind transfer")
     paths = list_samples(data)
     if not paths:
         raise ValueError(f"no sim_*.h5 files in {data}")
@@ -93,8 +111,6 @@ def train_cmd(
         from cocasbi.frame.training.transfer import fit_transfer
         from cocasbi.frame.transfer import CosmologyFeatures
 
-        if config is not None:
-            raise ValueError("--config is a V-net training config; not used with --kind transfer")
         K = 4 if K is None else K
         degree = 0 if degree is None else degree
         if K < 1:
@@ -104,23 +120,9 @@ def train_cmd(
         meta = {"data": str(data), "n_train_sims": len(paths), "K": K, "degree": degree,
                 "captured_fraction": float(basis.captured_fraction()[K - 1])}
         path = FrameEmulator("transfer", basis, model, meta).save(out)
-    elif kind == "vnet":
-        from cocasbi.frame.training.config import VNetTrainingConfig
+    else:
         from cocasbi.frame.training.neural import train_vnet_frame
 
-        options = dict(K=K, degree=degree, n_val=n_val, epochs=epochs, lr=lr,
-                       batch_size=batch_size, crop=None if crop == 0 else crop,
-                       base_channels=base_channels, levels=levels, time_budget_s=time_budget,
-                       seed=seed)
-        if config is not None:
-            cfg = VNetTrainingConfig.from_yaml(config, **options)
-        else:
-            cfg = VNetTrainingConfig.from_dict({k: v for k, v in options.items()
-                                                if v is not None}, "command-line options")
-        if crop == 0:  # explicit "whole boxes" overrides a crop in the YAML file
-            cfg = VNetTrainingConfig.from_dict({**cfg.model_dump(), "crop": None})
-        path = train_vnet_frame(paths, out, cfg, device=device, resume=resume,
+        path = train_vnet_frame(paths, out, settings, device=device, resume=resume,
                                 progress=progress)
-    else:
-        raise ValueError(f"--kind must be transfer or vnet, not {kind!r}")
     typer.echo(f"saved {path}")

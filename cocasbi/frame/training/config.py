@@ -73,9 +73,11 @@ class VNetTrainingConfig(BaseModel):
             return cls.model_validate(data)
         except ValidationError as err:
             e = err.errors()[0]
-            loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
+            loc = ".".join(str(p) for p in e["loc"])
             msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
-            raise ConfigError(f"{source}: training config {loc}: {msg}") from None
+            msg = msg.removeprefix("Value error, ")
+            raise ConfigError(f"{source}: training config {loc}: {msg}" if loc
+                              else f"{source}: training config: {msg}") from None
 
     @classmethod
     def from_yaml(cls, path: str | Path, **overrides) -> VNetTrainingConfig:
