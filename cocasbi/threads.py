@@ -55,14 +55,16 @@ def configure_process(threads: int = 0) -> int:
 
     Sets the OpenMP wait policy (effective only if libgomp is not loaded yet), numba's thread
     count for the calling thread (capped at NUMBA_NUM_THREADS) and, if torch is loaded, torch's
-    intra-op pool. Returns the thread count used.
+    intra-op pool. Imports neither: a library loaded later starts with its own default (all
+    cores), and each simulation sets numba's count for its run (:func:`numba_threads`).
+    Returns the thread count used.
     """
     for key, value in wait_policy_environment().items():
         os.environ.setdefault(key, value)
     threads = default_threads(threads)
-    import numba
-
-    numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
+    if "numba" in sys.modules:
+        numba = sys.modules["numba"]
+        numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
     if "torch" in sys.modules:
         sys.modules["torch"].set_num_threads(threads)
     return threads
