@@ -31,8 +31,8 @@ def test_lcdm_growth_matches_heath_integral(Om):
 def test_growth_normalisation_and_second_order_ratio():
     c = Cosmology()
     assert c.D1(1.0) == pytest.approx(1.0, abs=1e-14)
-    assert c.growth_raw(1.0)[0] == pytest.approx(0.7849, abs=2e-4)  # brief: ≈ 0.785
-    assert c.D2(1.0) / (-3 / 7) == pytest.approx(1.008, abs=1e-3)  # brief: ≈ 1.008
+    assert c.growth_raw(1.0)[0] == pytest.approx(0.7849, abs=2e-4)  # independent prototype: ≈ 0.785
+    assert c.D2(1.0) / (-3 / 7) == pytest.approx(1.008, abs=1e-3)  # independent prototype: ≈ 1.008
     early = 1e-3
     assert c.D2(early) / (-3 / 7 * c.D1(early) ** 2) == pytest.approx(1.0, abs=1e-6)
 
