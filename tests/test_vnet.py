@@ -95,6 +95,21 @@ def test_save_load_round_trip(tmp_path):
         assert torch.equal(loaded(x, s), net(x, s))
 
 
+def test_model_files_hold_only_allow_listed_classes(tmp_path):
+    with pytest.raises(TypeError, match="not a model class"):
+        save_model(tmp_path / "lin.pt", torch.nn.Linear(2, 2))
+    net = StyledVNet(**TINY).eval()
+    save_model(tmp_path / "net.pt", net)
+    obj = torch.load(tmp_path / "net.pt", weights_only=True)  # plain data only
+    assert obj["class"] == "StyledVNet" and obj["hparams"] == net.hparams
+    # files written before the allow-list named the class by its import path
+    torch.save({**obj, "class": "cocasbi.frame.vnet:StyledVNet"}, tmp_path / "old.pt")
+    loaded, _ = load_model(tmp_path / "old.pt")
+    x, s = _inputs(batch=1)
+    with torch.no_grad():
+        assert torch.equal(loaded(x, s), net(x, s))
+
+
 def test_random_periodic_crop_is_a_wrapped_subvolume():
     g = torch.Generator().manual_seed(3)
     a = torch.arange(2 * 6**3, dtype=torch.float32).reshape(2, 6, 6, 6)
