@@ -431,6 +431,11 @@ def test_malformed_npz_frames_give_one_line_errors(tmp_path):
     _one_line_error(tmp_path / "random.npz", "not a")
     (tmp_path / "trunc.npz").write_bytes(good.read_bytes()[:2000])
     _one_line_error(tmp_path / "trunc.npz", "not a")
+    for start in (300, 1700):  # corrupt compressed data inside an intact archive
+        data = bytearray(good.read_bytes())
+        data[start:start + 200] = rng.bytes(200)
+        (tmp_path / "corrupt.npz").write_bytes(bytes(data))
+        _one_line_error(tmp_path / "corrupt.npz", "not a readable frame file")
     np.savez(tmp_path / "other.npz", x=np.zeros(3))
     _one_line_error(tmp_path / "other.npz", "missing entry 'meta_json'")
     np.save(tmp_path / "single.npy", np.zeros(3))

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import zipfile
+import zlib
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -135,13 +136,13 @@ def read_transfer_frame(path: str | Path) -> tuple[TimeBasis, TransferModel, dic
         reason = ("pickled or unreadable data, which is never loaded" if "pickle" in str(err)
                   else str(err))
         raise ValueError(f"{path}: not a frame file ({reason})") from None
-    except (OSError, EOFError, zipfile.BadZipFile, KeyError) as err:
+    except (OSError, EOFError, zipfile.BadZipFile, zlib.error, KeyError) as err:
         reason = " ".join(str(err).split())[:200] or type(err).__name__
         raise ValueError(f"{path}: not a readable frame file ({reason})") from None
     try:
-        meta = meta_from(entries.get("meta_json", "null")) if "meta_json" in entries else None
-        if meta is None:
+        if "meta_json" not in entries:
             raise ValueError("missing entry 'meta_json'")
+        meta = meta_from(entries["meta_json"])
         if meta.get("kind") != "transfer":
             raise ValueError(f"kind {meta.get('kind')!r} is not 'transfer'")
         basis = basis_from(entries)
