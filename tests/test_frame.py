@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pytest
 import yaml
@@ -322,6 +323,11 @@ def test_training_sample_is_deterministic_and_uses_theta(small_cfg, tmp_path):
     back = read_sample(write_sample(tmp_path / "s.h5", a))
     np.testing.assert_array_equal(back.residual, a.residual)
     assert back.cosmology == a.cosmology and back.seed.spawn_key == (4,)
+    with h5py.File(tmp_path / "s.h5", "r+") as f:  # format 1 named the seed by master, index
+        del f.attrs["seed_json"]
+        f.attrs["master_seed"], f.attrs["index"] = 9, 4
+    old = read_sample(tmp_path / "s.h5", residual=False)
+    assert old.seed.entropy == 9 and old.seed.spawn_key == (4,)
     with pytest.raises(ValueError, match="unknown cosmological parameter"):
         training_sample(cfg, {"w0": -1.0}, seed)
 
