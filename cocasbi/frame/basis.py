@@ -14,7 +14,7 @@ only has to predict the K coefficient fields c_k once per simulation.
 b_k is stored at the query times of the training schedule. Other times are reached by a cubic
 spline whose abscissa is the growth factor D1(a) of the simulated cosmology (the residual is a
 smooth function of D1; at the stored times the stored values are returned exactly).
-All arrays are float64.
+Fitting: :mod:`cocasbi.frame.training.basis`. All arrays are float64.
 """
 
 from __future__ import annotations

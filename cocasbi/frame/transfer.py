@@ -13,7 +13,8 @@ normalised parameters x = (θ − centre) / scale:
 
     T_s,k(|k|; θ) = Σ_p φ_p(x) Σ_j h_j(|k|) τ[s, k, p, j].
 
-Everything is linear in τ, so the fit is exact linear least squares over all Fourier modes of
+Everything is linear in τ, so the fit (:mod:`cocasbi.frame.training.transfer`) is exact
+linear least squares over all Fourier modes of
 all training simulations (normal equations accumulated one simulation at a time; a tiny ridge
 fixes nodes that no mode constrains). The polynomial in θ (rather than fitting separate
 cosmology bins) uses every simulation for every coefficient and interpolates smoothly across
