@@ -6,6 +6,7 @@ import pytest
 from cocasbi.config import load_config
 from cocasbi.nbody import OracleFrame, ResidualRecorder
 from cocasbi.simulation import simulate
+from cocasbi.stats.metrics import rms_displacement
 
 CFG = load_config("tiny").replace(simulation={"n_steps": 6})
 COCA = CFG.replace(simulation={"method": "coca"})
@@ -19,7 +20,7 @@ def cola():
 
 
 def _rms(a, b):
-    return float(np.sqrt(np.mean(np.sum((a - b) ** 2, axis=1))))
+    return rms_displacement(a, b, CFG.simulation.box_size)
 
 
 def test_recorder_covers_every_query_time(cola):
