@@ -34,6 +34,10 @@ from cocasbi.threads import worker_environment
 
 log = logging.getLogger(__name__)
 
+#: Seconds without any worker before the driver restarts its cluster (or gives up on a
+#: cluster it joined).
+NO_WORKER_GRACE = 60.0
+
 
 class CampaignRunError(RuntimeError):
     """A campaign run that cannot go on (no workers, directory not writable, ...)."""
@@ -193,8 +197,9 @@ class Farm:
 
 def execute(farm: Farm, store: CampaignStore, plan: Plan, producer, todo: list[int],
             threads: int, timeout: float | None, bar, poll: float = 0.05,
-            no_worker_grace: float = 60.0) -> None:
+            no_worker_grace: float | None = None) -> None:
     """Run the simulations ``todo`` on ``farm`` until each has a result or failure file."""
+    no_worker_grace = NO_WORKER_GRACE if no_worker_grace is None else no_worker_grace
     token = uuid.uuid4().hex[:8]
     directory = str(store.directory)
 
