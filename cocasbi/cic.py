@@ -5,8 +5,10 @@ self-forces vanish and the total force is zero to round-off. Positions may lie o
 (unwrapped coordinates, negative ones included): paint and readout wrap them periodically.
 
 Particles are first counting-sorted (stably) by the mesh column (ix, iy) of their lower CIC node,
-and paint and readout walk them in that order, so that the mesh is visited in memory order even
-for clustered particles stored in Lagrangian order (a factor ~2 at late times). Painting is
+and paint walks them in that order, so that the mesh is visited in memory order even for
+clustered particles stored in Lagrangian order (a factor ~2 at late times). A readout may walk
+them in the same order (``readout_cic(..., order=)``) or, fused with per-particle work that
+streams the particle arrays, in Lagrangian order (:mod:`cocasbi.nbody`). Painting is
 parallel, race-free and deterministic: the mesh is cut into slabs of x-planes, one task per
 slab, and each task adds the sorted particles of its planes (and of the plane below) to the
 nodes it owns. Every node is written by one task only and receives its contributions in the
@@ -41,18 +43,19 @@ def _cic_axis(x, inv_cell, n):
 
 
 @numba.njit(parallel=True, cache=True)
-def _sort_by_column(pos, sorted_pos, n, inv_cell, nchunk):
+def _sort_by_column(pos, sorted_pos, key, order, n, inv_cell, nchunk):
     """Stable counting sort of particles by mesh column (ix, iy) of their lower CIC node.
 
-    Fills ``sorted_pos`` = pos[order] and returns the permutation ``order`` and ``start``,
-    with start[x] the first sorted index of x-plane x (start[n] = N). A stable sort is unique,
+    Fills ``sorted_pos`` = pos[order], the permutation ``order`` (skipped if ``order`` is
+    empty) and returns ``start``, with start[x] the first sorted index of x-plane x
+    (start[n] = N); ``key`` (int32, N) is work space. A stable sort is unique,
     so the result does not depend on ``nchunk`` (histogram and scatter run in parallel over
     particle chunks). Sorting makes paint and readout walk the mesh (and the positions) in
     memory order: late-time, clustered particles in Lagrangian order otherwise miss the cache.
     """
     npart = pos.shape[0]
     nkey = n * n
-    key = np.empty(npart, dtype=np.int32)
+    with_order = order.shape[0] > 0
     hist = np.zeros((nchunk, nkey), dtype=np.int64)  # before the prefix sum: counts
     for c in numba.prange(nchunk):
         h = hist[c]
@@ -72,18 +75,18 @@ def _sort_by_column(pos, sorted_pos, n, inv_cell, nchunk):
             hist[c, k] = total
             total += cnt
     start[n] = total
-    order = np.empty(npart, dtype=np.int64)
     for c in numba.prange(nchunk):
         h = hist[c]
         for p in range((c * npart) // nchunk, ((c + 1) * npart) // nchunk):
             k = key[p]
             s = h[k]
-            order[s] = p
+            if with_order:
+                order[s] = p
             sorted_pos[s, 0] = pos[p, 0]
             sorted_pos[s, 1] = pos[p, 1]
             sorted_pos[s, 2] = pos[p, 2]
             h[k] = s + 1
-    return order, start
+    return start
 
 
 @numba.njit(cache=True)
@@ -150,10 +153,21 @@ def _paint(mesh, pos, start, w, init, inv_cell, ntask):
         _paint_range(mesh, pos, start[lo], start[hi], lo, hi, w, inv_cell)
 
 
-def sort_by_column(pos, sorted_pos, n, box_size):
-    """Column sort (see _sort_by_column) with at most 2**24 histogram entries in all."""
+def sort_by_column(pos, sorted_pos, n, box_size, order=None, key=None):
+    """Column sort (see _sort_by_column) with at most 2**24 histogram entries in all.
+
+    Returns ``(order, start)``. ``order`` (int64, N) receives the permutation; allocated if
+    None, not computed if empty (paint alone needs only ``start``). ``key``: optional int32 (N,)
+    work array (allocated if None).
+    """
+    npart = len(pos)
+    if order is None:
+        order = np.empty(npart, dtype=np.int64)
+    if key is None:
+        key = np.empty(npart, dtype=np.int32)
     nchunk = max(1, min(_nthreads(), 2**24 // (n * n)))
-    return _sort_by_column(pos, sorted_pos, n, n / box_size, nchunk)
+    start = _sort_by_column(pos, sorted_pos, key, order, n, n / box_size, nchunk)
+    return order, start
 
 
 def as_positions(positions):
@@ -194,7 +208,8 @@ def paint_cic(positions, n_mesh: int, box_size: float, out=None, weight: float |
     elif out.shape != (n_mesh,) * 3 or out.dtype != np.float32 or not out.flags.c_contiguous:
         raise ValueError("out must be a C-contiguous float32 array of shape (n_mesh,)*3")
     sorted_pos = np.empty_like(pos)
-    _, start = sort_by_column(pos, sorted_pos, n_mesh, box_size)
+    _, start = sort_by_column(pos, sorted_pos, n_mesh, box_size,
+                              order=np.empty(0, dtype=np.int64))
     return paint_sorted(out, sorted_pos, start, box_size, weight)
 
 

@@ -196,23 +196,31 @@ class ForceSolver:
         self._real[...] = delta
         return self._force_from_real()
 
-    def force_field(self, positions):
-        """Sort, paint and solve, without the readout: ``(force_mesh, sorted_pos, order)``.
-
-        The force on particle ``order[s]`` is the CIC readout of ``force_mesh`` (3, N_m, N_m,
-        N_m) float32 at ``sorted_pos[s]`` [Mpc/h] (mesh node j at x = j L / N_m). All three
-        arrays are owned by the solver and valid until its next call: a caller may fuse the
-        readout with its own per-particle work (see :mod:`cocasbi.nbody`).
-        """
+    def _paint(self, positions, with_order: bool):
+        """Sort the particles by mesh column and paint δ into ``self._real``; the permutation
+        is returned if ``with_order`` (work arrays are reused between calls)."""
         pos = as_positions(positions)
         if self._sorted_pos.shape != pos.shape:
             self._sorted_pos = np.empty_like(pos)
+            self._key = np.empty(len(pos), dtype=np.int32)
+            self._order = np.empty(len(pos), dtype=np.int64)
         sp = self._sorted_pos
-        order, start = sort_by_column(pos, sp, self.n, self.box_size)
+        order = self._order if with_order else self._order[:0]
+        _, start = sort_by_column(pos, sp, self.n, self.box_size, order=order, key=self._key)
         paint_sorted(self._real, sp, start, self.box_size, None)
-        return self._force_from_real(), sp, order
+        return sp, order
+
+    def force_field(self, positions):
+        """(3, N_m, N_m, N_m) float32 force mesh of these particles (owned by the solver).
+
+        The force on a particle is the CIC readout of this mesh at its position (mesh node j at
+        x = j L / N_m): :func:`cocasbi.cic.readout_cic`, or a caller's kernel that fuses the
+        readout with its own per-particle work (:mod:`cocasbi.nbody`). Valid until the next call.
+        """
+        self._paint(positions, with_order=False)
+        return self._force_from_real()
 
     def __call__(self, positions, out=None):
-        """Force at each particle, (N, 3) float64."""
-        mesh, sp, order = self.force_field(positions)
-        return readout_cic(mesh, sp, self.box_size, out=out, order=order)
+        """Force at each particle, (N, 3) float64 (read out in mesh order)."""
+        sp, order = self._paint(positions, with_order=True)
+        return readout_cic(self._force_from_real(), sp, self.box_size, out=out, order=order)
