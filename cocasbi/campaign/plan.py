@@ -57,6 +57,14 @@ def validate_campaign(cfg: CampaignConfig) -> None:
                          f"mesh needs about {need / 1e9:.3g} GB, more than this machine's "
                          f"{have / 1e9:.3g} GB")
     check_frame_source(fwd.frame)
+    prior = cfg.box_prior()
+    for corner in prior.corners():
+        values = dict(zip(prior.names, map(float, corner), strict=True))
+        try:
+            sim_config.replace(cosmology=values)
+        except ValueError as err:
+            raise ValueError(f"prior corner {values} is not a valid cosmology: "
+                             f"{' '.join(str(err).split())}") from None
     producer = producer_from_config(cfg, threads=1)
     names = getattr(producer, "names", None)
     if names is not None and not list(names):
