@@ -20,7 +20,12 @@ from cocasbi.config import load_config
 from cocasbi.cosmology import Cosmology
 from cocasbi.frame.basis import TimeBasis
 from cocasbi.frame.emulator import FrameEmulator, load_frame, shipped_frame_path
-from cocasbi.frame.training.basis import fit_time_basis
+from cocasbi.frame.training.basis import (
+    drift_matrix,
+    fit_time_basis,
+    relative_errors,
+    weighted_basis,
+)
 from cocasbi.frame.training.data import (
     list_samples,
     make_training_data,
@@ -28,6 +33,12 @@ from cocasbi.frame.training.data import (
     training_design,
     training_sample,
     write_sample,
+)
+from cocasbi.frame.training.moments import (
+    cached_moments,
+    fit_per_time,
+    model_error_gram,
+    project_model,
 )
 from cocasbi.frame.training.transfer import TransferFitter, fit_transfer
 from cocasbi.frame.transfer import CosmologyFeatures
@@ -106,6 +117,74 @@ def test_basis_exact_for_low_rank_data(small_data):
     mid = 0.5 * (basis.times[3] + basis.times[4])
     v = basis.values(mid, Cosmology())
     assert min(f[0, 3], f[0, 4]) < v[0] < max(f[0, 3], f[0, 4])  # leading mode is monotone
+
+
+def test_drift_matrix_is_the_position_error_of_a_frame_error(small_cfg):
+    """With no forces, two COCA frames that differ by δp(t) end δx = L[-1] δp apart."""
+    rec = ResidualRecorder()
+    seed = simulation_seed(5, 0)
+    simulate(small_cfg, seed=seed, observers=[rec])
+    oracle = rec.frame()
+    coca = small_cfg.replace(simulation={"method": "coca"})
+    a = simulate(coca, seed=seed, frame=oracle, forces="none")
+    b = simulate(coca, seed=seed, frame=oracle.scaled(0.5), forces="none")
+    sched = a.schedule
+    L = drift_matrix(sched.query_times(), sched.boundaries, sched.half, Cosmology())
+    assert L.shape == (sched.n_steps, len(sched.query_times()))
+    expected = np.tensordot(L[-1], 0.5 * oracle.momenta, axes=(0, 0))
+    dx = a.final.positions - b.final.positions
+    np.testing.assert_allclose(dx, expected, atol=1e-9 * np.abs(expected).max())
+    assert np.abs(expected).max() > 1e-3  # not trivially zero
+
+
+def test_weighted_basis_is_optimal_in_its_metric(small_data):
+    _, paths = small_data
+    r = [read_sample(p).residual.reshape(7, -1).astype(np.float64) for p in paths]
+    gram = sum(m @ m.T for m in r)
+    times = read_sample(paths[0], residual=False).times
+    plain = fit_time_basis(paths)
+    same = weighted_basis(gram, times, np.eye(len(times)))
+    np.testing.assert_allclose(np.abs(same.functions[:3]), np.abs(plain.functions[:3]),
+                               atol=1e-8)
+    rng = np.random.default_rng(np.random.SeedSequence(3))
+    a = rng.standard_normal((7, 7))
+    metric = a @ a.T + 0.1 * np.eye(7)
+    wb = weighted_basis(gram, times, metric)
+    np.testing.assert_allclose(wb.projector @ wb.functions.T, np.eye(7), atol=1e-9)
+
+    def err(basis, K):
+        b = basis.truncated(K)
+        res = np.eye(7) - b.functions.T @ b.projector
+        return sum(np.trace(res @ m @ m.T @ res.T @ metric) for m in r)
+
+    for K in (1, 2):  # the weighted basis wins in its metric and its error is the tail
+        assert err(wb, K) <= err(plain, K) * (1 + 1e-9)
+        np.testing.assert_allclose(err(wb, K), wb.eigenvalues[K:].sum(),
+                                   rtol=1e-6, atol=1e-9 * wb.eigenvalues[0])
+    # the dual survives the file format
+    rt = TimeBasis.from_dict(wb.truncated(2).to_dict())
+    np.testing.assert_array_equal(rt.dual, wb.dual[:2])
+
+
+def test_moments_give_the_fit_and_its_exact_error(small_data, tmp_path):
+    """Fit and error from the moments equal the emulator's prediction on the data."""
+    _, paths = small_data
+    moments = cached_moments(paths, tmp_path / "m")
+    assert (tmp_path / "m" / "sim_00000.npz").exists()
+    basis = fit_time_basis(paths[:2], K=2)
+    f = CosmologyFeatures(degree=0)
+    model = project_model(fit_per_time(moments[:2], f), basis, f, moments[0].box_size, 2)
+    direct = fit_transfer(paths[:2], basis, f)
+    np.testing.assert_allclose(model.tau, direct.tau, rtol=1e-6,
+                               atol=1e-9 * np.abs(direct.tau).max())
+    s = read_sample(paths[2])
+    c = model.predict(s.psi1.reshape(-1, 3), s.psi2.reshape(-1, 3), s.box_size, s.cosmology)
+    pred = np.tensordot(basis.functions.T, c, axes=(1, 0))
+    d = s.residual.reshape(len(s.times), -1).astype(np.float64) - pred.reshape(len(s.times), -1)
+    err = model_error_gram(moments[2], fit_per_time(moments[:2], f), f, basis) / s.n**3
+    np.testing.assert_allclose(err, d @ d.T, rtol=1e-4, atol=1e-6 * np.trace(d @ d.T))
+    e = relative_errors(err, moments[2].gram / s.n**3, moments[2].drift)
+    assert 0 < e["drift"] < 1.5 and 0 < e["all"] < 1.5
 
 
 # ---------------------------------------------------------------------------- transfer

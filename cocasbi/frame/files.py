@@ -9,6 +9,7 @@ key                    dtype, shape                meaning
 ``basis_times``        float, (n_t,)               query times of the time basis (increasing)
 ``basis_functions``    float, (K, n_t)             time functions b_k
 ``basis_eigenvalues``  float, (n_t,)               Gram eigenvalues [(Mpc/h)²]
+``basis_dual``         float, (K, n_t), optional   projection functions of a weighted basis
 ``k_nodes``            float, (J,)                 transfer-function nodes [h/Mpc]
 ``tau``                float, (2, K, P, J)         transfer coefficients (P cosmology features)
 ``feature_names``      str, (F,)                   cosmological parameters of the features
@@ -39,7 +40,7 @@ from cocasbi.frame.transfer import CosmologyFeatures, TransferModel
 from cocasbi.io.atomic import atomic_path
 
 FRAME_FORMAT = 1
-BASIS_KEYS = ("basis_times", "basis_functions", "basis_eigenvalues")
+BASIS_KEYS = ("basis_times", "basis_functions", "basis_eigenvalues", "basis_dual")
 TRANSFER_KEYS = ("k_nodes", "tau", "feature_names", "feature_centre", "feature_scale",
                  "feature_degree", "n_fit_sims")
 _KINDS = {"f": "float", "i": "int", "U": "str"}
@@ -83,7 +84,13 @@ def basis_from(d: Mapping) -> TimeBasis:
     if eigenvalues.shape != (n_t,):
         raise ValueError(f"entry 'basis_eigenvalues' has shape {eigenvalues.shape}, "
                          f"expected ({n_t},)")
-    return TimeBasis(times, functions, eigenvalues)
+    dual = None
+    if d.get("basis_dual") is not None:
+        dual = array(d, "basis_dual", "f", 2)
+        if dual.shape != functions.shape:
+            raise ValueError(f"entry 'basis_dual' has shape {dual.shape}, expected "
+                             f"{functions.shape}")
+    return TimeBasis(times, functions, eigenvalues, dual)
 
 
 def features_from(d: Mapping) -> CosmologyFeatures:

@@ -142,5 +142,5 @@ def fit_basis_and_transfer(paths: Sequence[Path], K: int,
     full = basis_from_gram(gram, times)
     basis = full.truncated(K)
     per_time = fitter.solve()
-    tau = np.einsum("kt,stpj->skpj", basis.functions, per_time.tau)
+    tau = np.einsum("kt,stpj->skpj", basis.projector, per_time.tau)
     return full, basis, TransferModel(per_time.k_nodes, tau, features, per_time.n_fit_sims)
