@@ -176,15 +176,19 @@ class CampaignConfig(_Frozen):
         if set(self.prior) != set(self.forward.parameters):
             raise ValueError(f"prior names {sorted(self.prior)} must be the forward "
                              f"parameters {list(self.forward.parameters)}")
-        self.box_prior()  # bounds finite, ordered, inside each parameter's range
+        if self.prior:
+            self.box_prior()  # bounds finite, ordered, inside each parameter's range
         if self.design not in DESIGNS:
             raise ValueError(f"unknown design {self.design!r}")
         if self.execution.jobqueue and self.execution.scheduler:
             raise ValueError("execution: give a scheduler or a jobqueue, not both")
         return self
 
-    def box_prior(self) -> BoxPrior:
-        """The prior box, θ in the order of ``forward.parameters``."""
+    def box_prior(self) -> BoxPrior | None:
+        """The prior box, θ in the order of ``forward.parameters`` (None when no parameter
+        varies: every simulation then differs only in its seed)."""
+        if not self.prior:
+            return None
         return BoxPrior.from_dict(self.prior, names=self.forward.parameters)
 
     def resolved(self) -> CampaignConfig:

@@ -39,8 +39,9 @@ log = logging.getLogger(__name__)
 NO_WORKER_GRACE = 60.0
 
 
-class CampaignRunError(RuntimeError):
-    """A campaign run that cannot go on (no workers, directory not writable, ...)."""
+class CampaignRunError(ValueError):
+    """A campaign run that cannot go on (no workers, directory not writable, ...); a
+    ValueError so the CLI reports it as one line."""
 
 
 @dataclass(frozen=True)

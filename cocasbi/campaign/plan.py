@@ -58,7 +58,7 @@ def validate_campaign(cfg: CampaignConfig) -> None:
                          f"{have / 1e9:.3g} GB")
     check_frame_source(fwd.frame)
     prior = cfg.box_prior()
-    for corner in prior.corners():
+    for corner in () if prior is None else prior.corners():
         values = dict(zip(prior.names, map(float, corner), strict=True))
         try:
             sim_config.replace(cosmology=values)
@@ -77,9 +77,18 @@ def make_plan(cfg: CampaignConfig, theta: np.ndarray | None = None) -> Plan:
     seed spawn keys 0..n−1. Deterministic in the configuration."""
     cfg = cfg.resolved()
     prior = cfg.box_prior()
-    n, d = cfg.n_simulations, prior.dim
+    n, d = cfg.n_simulations, 0 if prior is None else prior.dim
     design = cfg.design
-    if theta is None:
+    if prior is None:
+        if theta is not None:
+            raise ValueError("a campaign without a prior takes no θ design")
+        theta, design = np.zeros((n, 0)), "fixed"
+        names, low, high = (), np.zeros(0), np.zeros(0)
+    else:
+        names, low, high = prior.names, prior.low.copy(), prior.high.copy()
+    if prior is None:
+        pass
+    elif theta is None:
         theta = prior.design(n, np.random.default_rng(design_seed(cfg.master_seed)), design)
     else:
         theta, design = np.array(theta, dtype=np.float64), "given"
@@ -92,8 +101,8 @@ def make_plan(cfg: CampaignConfig, theta: np.ndarray | None = None) -> Plan:
         del planning["kind"], planning["producer"]  # plan ids of summary campaigns as before
     digest = hashlib.sha256(json.dumps(planning, sort_keys=True).encode())
     digest.update(design.encode() + theta.tobytes() + seeds.tobytes())
-    return Plan(parameters=prior.names, theta=theta, seeds=seeds, master_seed=cfg.master_seed,
-                lower=prior.low.copy(), upper=prior.high.copy(), design=design,
+    return Plan(parameters=tuple(names), theta=theta, seeds=seeds, master_seed=cfg.master_seed,
+                lower=low, upper=high, design=design,
                 config_yaml=cfg.to_yaml(), plan_id=digest.hexdigest()[:16])
 
 

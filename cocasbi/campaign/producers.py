@@ -80,7 +80,8 @@ class FrameSampleProducer:
         theta = np.asarray(theta, dtype=np.float64).reshape(-1)
         sample = data.training_sample(
             self.config, dict(zip(self.parameters, map(float, theta), strict=True)), seed)
-        attrs = {"format_version": data.FORMAT_VERSION, "seed_json": json.dumps(sample.seed),
+        attrs = {"frame_format_version": data.FORMAT_VERSION,
+                 "seed_json": json.dumps(sample.seed),
                  "config_json": sample.config_json, "box_size": float(sample.box_size),
                  "n_particles": int(sample.psi1.shape[0]), "wall_time": sample.wall_time,
                  "n_force_evaluations": sample.n_force_evaluations,

@@ -32,23 +32,37 @@ def _parse_prior(prior: list[str] | None) -> dict[str, tuple[float, float]] | No
 @app.command("make-data")
 def make_data(
     config: Annotated[str, typer.Argument(help="config file or built-in name (tiny, paper)")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="output directory (one HDF5 per sim)")],
+    out: Annotated[Path, typer.Option(
+        "--out", "-o", help="campaign directory; the files go to OUT/results")],
     n_sims: Annotated[int, typer.Option("--n-sims", "-n", help="number of simulations")] = 32,
     seed: Annotated[int, typer.Option(
         "--seed", help="master seed: sim i uses SeedSequence(seed, (i,))")] = 0,
     start: Annotated[int, typer.Option("--start", help="index of the first simulation")] = 0,
     prior: Annotated[list[str] | None, typer.Option(
         "--prior", help="vary a parameter uniformly, NAME=LO:HI (repeatable)")] = None,
+    workers: Annotated[int, typer.Option(
+        "--workers", help="worker processes (0 = one per core, memory permitting)")] = 0,
+    threads_per_worker: Annotated[int, typer.Option(
+        "--threads-per-worker", help="threads per simulation (0 = auto)")] = 0,
+    timeout: Annotated[float, typer.Option("--timeout", help="per-simulation limit [s]")] = 3600,
+    force: Annotated[bool, typer.Option(
+        "--force", help="replace another plan in OUT (e.g. other --n-sims)")] = False,
     progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
 ):
-    """Run COLA simulations and store LPT inputs and residual momenta (resumable)."""
+    """Run COLA simulations on the campaign farm and store LPT inputs and residual momenta
+    (resumable; failures recorded in OUT/failures)."""
+    from cocasbi.campaign.frame_data import make_frame_data
     from cocasbi.config import load_config
-    from cocasbi.frame.training.data import make_training_data
 
     cfg = load_config(config)
-    paths = make_training_data(cfg, out, n_sims, master_seed=seed, start=start,
-                               prior=_parse_prior(prior), progress=progress)
-    typer.echo(f"{len(paths)} simulations in {out}")
+    paths, report = make_frame_data(
+        cfg, out, n_sims, master_seed=seed, start=start, prior=_parse_prior(prior),
+        execution={"workers": workers, "threads_per_worker": threads_per_worker,
+                   "timeout": timeout}, progress=progress, force=force)
+    failed = n_sims - len(paths)
+    typer.echo(f"{len(paths)} simulations in {out / 'results'}"
+               + (f" ({failed} failed or pending: `cocasbi campaign status {out}`)"
+                  if failed else ""))
 
 
 @app.command("train")

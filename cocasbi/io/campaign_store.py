@@ -59,8 +59,9 @@ RESERVED_ATTRS = ("format", "format_version", "kind", "plan_id", "index", "seed"
 STATUSES = ("ok", "error", "nonfinite", "timeout", "crashed", "corrupt", "pending")
 
 
-class CampaignStoreError(RuntimeError):
-    """A campaign directory or file that cannot be used as asked."""
+class CampaignStoreError(ValueError):
+    """A campaign directory or file that cannot be used as asked (a ValueError, so the CLI
+    reports it as one line)."""
 
 
 class CampaignLockedError(CampaignStoreError):
