@@ -4,8 +4,9 @@ Run through ``experiments/train_frame_gpu.sh`` (writes everything under ``$OUT``
 
 1. ``N_TRAIN`` (default 32) COLA-20 runs of paper.yaml (seeds ``SeedSequence(1, (i,))``, the
    CPU experiment's training seeds) and ``N_TEST`` held-out runs (``SeedSequence(2, (i,))``),
-   spread over ``WORKERS`` processes (default: CPU cores − 2, at most 12; same files as a
-   sequential run);
+   made on the campaign farm (:func:`cocasbi.campaign.frame_data.make_frame_data`) with
+   ``WORKERS`` worker processes (default: CPU cores − 2, at most 12; same files as a
+   sequential run, resumable, failures recorded, a hung run timed out after ``SIM_TIMEOUT_S``);
 2. the V-net (8 input channels Ψ1, Ψ2, −∇·Ψ1, −∇·Ψ2; 3K = 12 outputs; base 16 channels,
    3 levels; output layer zero-initialised, so it starts as the transfer frame) learns the
    correction to the transfer-function frame on whole 64³ boxes for ``BUDGET_S`` seconds
@@ -30,11 +31,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import coca_paper as cp  # noqa: E402
 
+from cocasbi.campaign.frame_data import make_frame_data  # noqa: E402
 from cocasbi.config import load_config  # noqa: E402
 from cocasbi.frame.emulator import FrameEmulator, load_frame  # noqa: E402
 from cocasbi.frame.training.basis import fit_time_basis  # noqa: E402
 from cocasbi.frame.training.config import VNetTrainingConfig  # noqa: E402
-from cocasbi.frame.training.data import list_samples, make_training_data  # noqa: E402
 from cocasbi.frame.training.neural import train_vnet_frame  # noqa: E402
 from cocasbi.frame.training.transfer import fit_transfer  # noqa: E402
 from cocasbi.frame.transfer import CosmologyFeatures  # noqa: E402
@@ -49,6 +50,7 @@ EPOCHS = int(os.environ.get("EPOCHS", 2000))  # upper bound; the budget sets the
 LR = float(os.environ.get("LR", 1e-3))
 BATCH = int(os.environ.get("BATCH", 2))
 WORKERS = int(os.environ.get("WORKERS", max(1, min(12, (os.cpu_count() or 2) - 2))))
+SIM_TIMEOUT_S = float(os.environ.get("SIM_TIMEOUT_S", 300))
 # whole-script deadline [s]: the training budget shrinks if data generation ran long, leaving
 # EVAL_RESERVE_S for the evaluation and ~1.5 s per training run for reading the data
 TOTAL_S = float(os.environ.get("TOTAL_S", 420))
@@ -56,24 +58,17 @@ EVAL_RESERVE_S = float(os.environ.get("EVAL_RESERVE_S", 100))
 T_START = time.perf_counter()
 
 
-def _one_sim(args):
-    cfg, out_dir, master_seed, index = args
-    return make_training_data(cfg, out_dir, 1, master_seed=master_seed, start=index,
-                              progress=False)[0]
-
-
-def make_data_parallel(cfg, out_dir: Path, n: int, master_seed: int) -> list[Path]:
-    """make_training_data with the runs spread over WORKERS processes (same files, same
-    seeds: run i uses SeedSequence(master_seed, (i,)) whichever process makes it)."""
-    if WORKERS <= 1:
-        return make_training_data(cfg, out_dir, n, master_seed=master_seed, progress=False)
-    import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    # fork before CUDA is initialised; the children only run numpy simulations
-    with ProcessPoolExecutor(WORKERS, mp_context=mp.get_context("fork")) as pool:
-        return list(pool.map(_one_sim, [(cfg, out_dir, master_seed, i) for i in range(n)]))
+def make_data(cfg, out_dir: Path, n: int, master_seed: int) -> list[Path]:
+    """Frame training data on the campaign farm: WORKERS processes, one thread each (run i
+    uses SeedSequence(master_seed, (i,)) whichever worker makes it). The farm's worker
+    processes are spawned, so CUDA in this process is unaffected."""
+    paths, report = make_frame_data(
+        cfg, out_dir, n, master_seed=master_seed, progress=False,
+        execution={"workers": WORKERS, "threads_per_worker": 1, "timeout": SIM_TIMEOUT_S})
+    if len(paths) < n:
+        raise RuntimeError(f"{n - len(paths)} of {n} training runs failed: {report.counts} "
+                           f"(see {out_dir}/failures)")
+    return paths
 
 
 def main(out: Path, work: Path):
@@ -84,8 +79,8 @@ def main(out: Path, work: Path):
     cfg = load_config(os.environ.get("CONFIG", "paper"))
     box, nm, nsteps = cfg.simulation.box_size, cfg.simulation.n_mesh, cfg.simulation.n_steps
     t0 = time.perf_counter()
-    train = make_data_parallel(cfg, work / "train", N_TRAIN, master_seed=1)
-    test = make_data_parallel(cfg, work / "test", N_TEST, master_seed=2)
+    train = make_data(cfg, work / "train", N_TRAIN, master_seed=1)
+    test = make_data(cfg, work / "test", N_TEST, master_seed=2)
     log["data_seconds"] = time.perf_counter() - t0
     device = "cuda" if torch.cuda.is_available() else "cpu"
     log["device"] = torch.cuda.get_device_name(0) if device == "cuda" else "cpu"
@@ -112,7 +107,7 @@ def main(out: Path, work: Path):
     print("trained", log["train_seconds"], flush=True)
     _dump(out, log)  # partial results survive a timeout in the evaluation
 
-    log["frame_errors"] = {name: cp.frame_errors(emu, basis, list_samples(work / "test"))
+    log["frame_errors"] = {name: cp.frame_errors(emu, basis, test)
                            for name, emu in (("transfer", transfer), ("vnet", vnet))}
     print(json.dumps(log["frame_errors"], default=float), flush=True)
     _dump(out, log)
