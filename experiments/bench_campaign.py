@@ -11,7 +11,10 @@ For each configuration (tiny, paper) it plans N simulations and times
   timed on its own;
 * the cold start of a cluster;
 * a simulator that sleeps 0.1 s and uses no CPU: whatever its campaign takes beyond
-  N × 0.1 s is the campaign layer's own cost per simulation, free of CPU-contention noise.
+  N × 0.1 s is the campaign layer's own cost per simulation, free of CPU-contention noise;
+* the sealed result files: writing (HDF5 + SHA-256 seal) and verifying + reading one summary
+  result, and a byte-flip sweep over every byte of one result file (each flip must be caught
+  before HDF5 parses the file).
 
 The overhead is reported as worker time outside the simulator per simulation,
 (workers × run − Σ in-task simulator time) / N, and for 1 worker × 1 thread also as
@@ -46,7 +49,7 @@ from cocasbi.campaign import (
     run_campaign,
 )
 from cocasbi.forward import ForwardModel, ForwardSpec
-from cocasbi.io.campaign_store import CampaignStore
+from cocasbi.io.campaign_store import CampaignStore, CorruptResultError
 from cocasbi.threads import default_threads
 
 LAYOUTS = ((1, 1), (2, 1), (1, 2))
@@ -169,18 +172,57 @@ def bench_layer(n: int, seconds: float, scratch: Path) -> list[str]:
             f" | {r['startup']:.1f} / {r['warmup']:.1f} | {r['merge']:.2f} |"]
 
 
+def bench_files(n: int, scratch: Path) -> list[str]:
+    """Cost of sealed result files and a full byte-flip sweep over one of them."""
+    cfg = campaign_config("tiny", n, scratch / "files", master_seed=7)
+    store = plan_campaign(cfg)
+    plan = store.read_plan()
+    names = [f"x{i}" for i in range(9)]
+    x = np.arange(9, dtype=np.float32)
+    t0 = time.perf_counter()
+    for i in range(n):
+        store.write_result(plan.task(i), {"x": x}, kind="summaries", names=names,
+                           k=np.arange(9.0), info={"wall_time": 1.0})
+    write = (time.perf_counter() - t0) / n
+    t0 = time.perf_counter()
+    for i in range(n):
+        store.read_result(store.result_path(i), plan)
+    read = (time.perf_counter() - t0) / n
+    path = store.result_path(0)
+    original = path.read_bytes()
+    caught = 0
+    t0 = time.perf_counter()
+    for pos in range(len(original)):
+        damaged = bytearray(original)
+        damaged[pos] ^= 0x5A
+        path.write_bytes(bytes(damaged))
+        try:
+            store.read_result(path, plan)
+        except CorruptResultError:
+            caught += 1
+    sweep = time.perf_counter() - t0
+    path.write_bytes(original)
+    return [f"| sealed result files | write + seal / verify + read, {len(original)} B | {n} | "
+            f"{write * 1e3:.2f} / {read * 1e3:.2f} ms per file | | | | |",
+            f"| byte-flip sweep | every byte of one result file | {len(original)} | "
+            f"{sweep:.1f} | | {caught} of {len(original)} flips caught | | |"]
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--tiny", type=int, default=40, help="simulations of tiny.yaml")
     parser.add_argument("--paper", type=int, default=8, help="simulations of paper.yaml")
     parser.add_argument("--sleep-n", type=int, default=50,
                         help="simulations of the 0.1 s sleeping simulator")
+    parser.add_argument("--files", type=int, default=200,
+                        help="result files written and read for the file-cost row")
     parser.add_argument("--out", type=Path, help="append the results to this Markdown file")
     args = parser.parse_args()
     scratch = Path(tempfile.mkdtemp(prefix="bench_campaign_"))
     t0 = time.perf_counter()
     try:
-        rows = bench_layer(args.sleep_n, 0.1, scratch)
+        rows = bench_files(args.files, scratch) if args.files else []
+        rows += bench_layer(args.sleep_n, 0.1, scratch) if args.sleep_n else []
         rows += [row for name in ("tiny", "paper") if getattr(args, name)
                  for row in bench(name, getattr(args, name), scratch)]
     finally:
@@ -190,7 +232,7 @@ def main():
         "",
         f"Machine: {machine()}.",
         f"Command: `python experiments/bench_campaign.py --tiny {args.tiny} "
-        f"--paper {args.paper} --sleep-n {args.sleep_n}` "
+        f"--paper {args.paper} --sleep-n {args.sleep_n} --files {args.files}` "
         f"({time.perf_counter() - t0:.0f} s in all).",
         "",
         "| simulator | how | N | seconds for N sims | sims / hour | campaign overhead | "
