@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numba
 import numpy as np
 
 from cocasbi.cosmology import Cosmology
@@ -70,37 +71,62 @@ def lagrangian_grid(n_particles: int, box_size: float, n_mesh: int):
     return q.reshape(-1, 3)
 
 
+@numba.njit(parallel=True, cache=True)
+def _combine(c1, psi1, c2, psi2, scale, base, out):
+    """out = base + scale (c1 ψ1 + c2 ψ2), one pass (no base if it is empty; scale 1 is exact)."""
+    with_base = base.shape[0] > 0
+    for i in numba.prange(out.shape[0]):
+        for c in range(3):
+            v = scale * (c1 * psi1[i, c] + c2 * psi2[i, c])
+            out[i, c] = base[i, c] + v if with_base else v
+
+
+_NO_BASE = np.zeros((0, 3))
+
+
 @dataclass(frozen=True)
 class LPTFields:
     """Lagrangian displacement fields on the particle lattice, (N³, 3) float64 [Mpc/h].
 
-    psi1 and psi2 are the a = 1 fields (multiply by D1(a), D2(a)); q is the lattice.
+    psi1 and psi2 are the a = 1 fields (multiply by D1(a), D2(a)); q is the lattice. Every
+    derived field is one parallel pass (:meth:`combine`), with the same floating-point
+    operations as the numpy expression in its docstring.
     """
 
     q: np.ndarray
     psi1: np.ndarray
     psi2: np.ndarray
 
+    def combine(self, c1: float, c2: float, scale: float = 1.0, base=None, out=None):
+        """base + scale (c1 Ψ1 + c2 Ψ2), (N³, 3) float64 (base: None or an (N³, 3) array)."""
+        psi1, psi2 = self.psi1.reshape(-1, 3), self.psi2.reshape(-1, 3)
+        if out is None:
+            out = np.empty(psi1.shape)
+        base = _NO_BASE if base is None else np.asarray(base, dtype=np.float64).reshape(-1, 3)
+        _combine(float(c1), psi1, float(c2), psi2, float(scale), base, out)
+        return out
+
     def displacement(self, cosmo: Cosmology, a: float):
         """Ψ_LPT(a) = D1 Ψ1 + D2 Ψ2 [Mpc/h]."""
-        return cosmo.D1(a) * self.psi1 + cosmo.D2(a) * self.psi2
+        return self.combine(cosmo.D1(a), cosmo.D2(a))
 
     def displacement_change(self, cosmo: Cosmology, a0: float, a1: float):
         """Ψ_LPT(a1) − Ψ_LPT(a0) = ΔD1 Ψ1 + ΔD2 Ψ2 [Mpc/h] (one pass over the fields)."""
-        return (cosmo.D1(a1) - cosmo.D1(a0)) * self.psi1 + (cosmo.D2(a1) - cosmo.D2(a0)) * self.psi2
+        return self.combine(cosmo.D1(a1) - cosmo.D1(a0), cosmo.D2(a1) - cosmo.D2(a0))
 
     def positions(self, cosmo: Cosmology, a: float, box_size: float):
         """x = q + Ψ_LPT(a), wrapped into [0, L) [Mpc/h]."""
-        return np.mod(self.q + self.displacement(cosmo, a), box_size)
+        x = self.combine(cosmo.D1(a), cosmo.D2(a), base=self.q)
+        return np.mod(x, box_size, out=x)
 
     def momenta(self, cosmo: Cosmology, a: float):
         """p_LPT(a) = a³E (D1' Ψ1 + D2' Ψ2) = G1 Ψ1 + G2 Ψ2 [Mpc/h, p = a² dx/dt / H0]."""
-        return cosmo.G1(a) * self.psi1 + cosmo.G2(a) * self.psi2
+        return self.combine(cosmo.G1(a), cosmo.G2(a))
 
     def acceleration(self, cosmo: Cosmology, a: float):
         """F_LPT(a) = 3/2 Ω_m [D1 Ψ1 + (D2 − D1²) Ψ2], the force that moves particles on LPT."""
         d1, d2 = cosmo.D1(a), cosmo.D2(a)
-        return 1.5 * cosmo.Omega_m * (d1 * self.psi1 + (d2 - d1 * d1) * self.psi2)
+        return self.combine(d1, d2 - d1 * d1, scale=1.5 * cosmo.Omega_m)
 
 
 def lpt_fields(delta_k, box_size: float, n_mesh: int, order: int = 2,

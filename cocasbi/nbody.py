@@ -351,7 +351,8 @@ class Stepper:
         """Total momentum p [Mpc/h] at the current time."""
         if self.method == "pm":
             return self.p_c.copy()
-        return self.lpt.momenta(self.cosmo, self.a) + self.lpt_residual()
+        c, a = self.cosmo, self.a
+        return self.lpt.combine(c.G1(a), c.G2(a), base=self.lpt_residual())  # p_LPT + residual
 
     # -- the three verbs (queued; _flush runs them)
     def _force(self, index: int):
@@ -466,7 +467,7 @@ class Stepper:
         b, half = sched.boundaries, sched.half
         self.a = float(b[0])
         self._pending = _Pass()
-        self._x = self.lpt.q + self.lpt.displacement(c, self.a)
+        self._x = self.lpt.combine(c.D1(self.a), c.D2(self.a), base=self.lpt.q)  # q + Ψ_LPT
         if self.method == "pm":
             self._p = self.lpt.momenta(c, self.a)
         elif self.frame is None:
