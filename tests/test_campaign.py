@@ -16,7 +16,6 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from cocasbi.cli import app as cli_app
 from cocasbi.campaign import (
     CampaignConfig,
     ExecutionConfig,
@@ -30,6 +29,7 @@ from cocasbi.campaign import (
     run_campaign,
     run_task,
 )
+from cocasbi.cli import app as cli_app
 from cocasbi.config import ConfigError
 from cocasbi.forward import ForwardSpec
 from cocasbi.io.campaign_store import CampaignStore, CorruptResultError, load_campaign
