@@ -203,7 +203,9 @@ class ForceSolver:
         if self._sorted_pos.shape != pos.shape:
             self._sorted_pos = np.empty_like(pos)
             self._key = np.empty(len(pos), dtype=np.int32)
-            self._order = np.empty(len(pos), dtype=np.int64)
+            self._order = np.empty(0, dtype=np.int64)
+        if with_order and len(self._order) != len(pos):
+            self._order = np.empty(len(pos), dtype=np.int64)  # only for __call__'s readout
         sp = self._sorted_pos
         order = self._order if with_order else self._order[:0]
         _, start = sort_by_column(pos, sp, self.n, self.box_size, order=order, key=self._key)

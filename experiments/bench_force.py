@@ -1,4 +1,4 @@
-"""Benchmark of the PM force evaluation (issue 2), in one run.
+"""Benchmark of the PM force evaluation, in one run.
 
 Times, on the ``paper`` setup (64³ particles, 128³ mesh, L = 128 Mpc/h):
 
@@ -9,7 +9,9 @@ Times, on the ``paper`` setup (64³ particles, 128³ mesh, L = 128 Mpc/h):
   with the same library (pyFFTW), flags and threads;
 * the spectral-gradient route (three c2r) and, with ``--baseline FILE``, an older ``mesh.py``;
 * FFTW planner flags (ESTIMATE, MEASURE, optionally PATIENT) and threads (1 vs the benchmark's);
-* full 20-step COLA runs of ``paper.yaml`` through ``cocasbi.simulation.simulate``.
+* full 20-step COLA runs of ``paper.yaml`` through ``cocasbi.simulation.simulate`` (their
+  force time is ``ForceSolver.force_field``: the stepper fuses the readout into its particle
+  pass).
 
 Each figure is the median (and minimum) of ``--repeat`` timings after ``--warmup`` calls, with
 time.perf_counter. The machine is described at the top, and the CPU time used by *other*
@@ -33,10 +35,11 @@ import time
 import numba
 import numpy as np
 
-from cocasbi import mesh
+from cocasbi import cic, fft, gravity
 from cocasbi.config import load_config
 from cocasbi.cosmology import Cosmology
 from cocasbi.simulation import initial_conditions, simulate
+from cocasbi.threads import default_threads
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -82,7 +85,7 @@ def machine():
         "python": platform.python_version(),
         "numpy": np.__version__,
         "numba": numba.__version__,
-        "pyfftw": getattr(mesh.pyfftw, "__version__", "?") if mesh.HAVE_PYFFTW else "missing",
+        "pyfftw": getattr(fft.pyfftw, "__version__", "?") if fft.HAVE_PYFFTW else "missing",
         "numba_threading_layer": None,  # filled after the first parallel call
     }
 
@@ -99,6 +102,13 @@ class TimedSolver:
         self.times.append(time.perf_counter() - t0)
         return f
 
+    def force_field(self, positions):
+        """Timed force mesh (the stepper fuses the readout into its particle pass)."""
+        t0 = time.perf_counter()
+        f = self.solver.force_field(positions)
+        self.times.append(time.perf_counter() - t0)
+        return f
+
     def __getattr__(self, name):
         return getattr(self.solver, name)
 
@@ -112,7 +122,7 @@ def load_module(path):
     return mod
 
 
-def fft_plans(n, threads, flags=mesh._FFTW_FLAGS):
+def fft_plans(n, threads, flags=fft.FFTW_FLAGS):
     """Plain pyFFTW r2c plan and three c2r plans (each with its own input) for the floor."""
     import pyfftw
 
@@ -130,15 +140,15 @@ def force_parts(solver, pos, repeat, warmup):
     """Timings [ms] of one force evaluation and of each of its parts."""
     n, box = solver.n, solver.box_size
     sp = np.empty_like(pos)
-    order, start = mesh._sort(pos, sp, n, box)
+    order, start = cic.sort_by_column(pos, sp, n, box)
     out = np.empty_like(pos)
     solver(pos, out=out)
     delta = solver.density(pos).copy()
     res = {}
     res["sort (counting sort by mesh column)"] = timed(
-        lambda: mesh._sort(pos, sp, n, box), repeat=repeat, warmup=warmup)
+        lambda: cic.sort_by_column(pos, sp, n, box), repeat=repeat, warmup=warmup)
     res["paint (CIC, sorted)"] = timed(
-        lambda: mesh._paint_sorted(solver._real, sp, start, box, None),
+        lambda: cic.paint_sorted(solver._real, sp, start, box, None),
         repeat=repeat, warmup=warmup)
 
     def refill_real():
@@ -153,9 +163,9 @@ def force_parts(solver, pos, repeat, warmup):
         solver._cplx[...] = modes
 
     res["Green's function (in place)"] = timed(
-        lambda: mesh._apply_green(solver._cplx, *solver._lap, solver._factor),
+        lambda: gravity._apply_green(solver._cplx, *solver._lap, solver._factor),
         refill_modes, repeat, warmup)
-    mesh._apply_green(solver._cplx, *solver._lap, solver._factor)
+    gravity._apply_green(solver._cplx, *solver._lap, solver._factor)
     pot = solver._cplx.copy()
 
     def refill_pot():
@@ -166,11 +176,11 @@ def force_parts(solver, pos, repeat, warmup):
     solver._bwd.execute()
     scale = n / (12.0 * box)
     res["gradient (4-point stencil, 3 comp.)"] = timed(
-        lambda: mesh._fd_gradient(solver._real, solver._force_mesh, scale),
+        lambda: gravity._fd_gradient(solver._real, solver._force_mesh, scale),
         repeat=repeat, warmup=warmup)
     fm = solver._force_mesh
     res["readout (CIC, 3 comp.)"] = timed(
-        lambda: mesh.readout_cic(fm, sp, box, out=out, order=order),
+        lambda: cic.readout_cic(fm, sp, box, out=out, order=order),
         repeat=repeat, warmup=warmup)
     res["sum of parts"] = (sum(v[0] for v in res.values()), sum(v[1] for v in res.values()))
     res["force evaluation (ForceSolver.__call__)"] = timed(
@@ -184,7 +194,7 @@ def floor(pos, n, box, threads, repeat, warmup):
     Returns the part timings and (run, setup) for the floor itself.
     """
     real, cplx, fwd, bwd = fft_plans(n, threads)
-    mesh.paint_cic(pos, n, box, out=real)
+    cic.paint_cic(pos, n, box, out=real)
     fwd.execute()
     modes = cplx[0].copy()
 
@@ -193,13 +203,13 @@ def floor(pos, n, box, threads, repeat, warmup):
             c[...] = modes
 
     def run():
-        mesh.paint_cic(pos, n, box, out=real)
+        cic.paint_cic(pos, n, box, out=real)
         fwd.execute()
         for b in bwd:
             b.execute()
 
     res = {
-        "paint_cic (sort + paint)": timed(lambda: mesh.paint_cic(pos, n, box, out=real),
+        "paint_cic (sort + paint)": timed(lambda: cic.paint_cic(pos, n, box, out=real),
                                           repeat=repeat, warmup=warmup),
         "r2c FFT": timed(fwd.execute, lambda: real.__setitem__(Ellipsis, 0.5), repeat, warmup),
         "3 x c2r FFT": timed(lambda: [b.execute() for b in bwd], refill, repeat, warmup),
@@ -286,7 +296,7 @@ def main(argv=None):
     sim = cfg.simulation
     cfg = cfg.model_copy(update={"simulation": sim.model_copy(update={"threads": args.threads})})
     sim = cfg.simulation
-    n, box, threads = sim.n_mesh, sim.box_size, mesh.default_threads(args.threads)
+    n, box, threads = sim.n_mesh, sim.box_size, default_threads(args.threads)
     cosmo = Cosmology.from_config(cfg.cosmology)
     print(f"command: {' '.join([os.path.basename(sys.executable)] + sys.argv)}")
     print(f"machine: {info['cpu']}, {info['cpus']} CPUs ({info['usable_cpus']} usable); "
@@ -295,7 +305,7 @@ def main(argv=None):
           f"kernel {sim.kernel}, {threads} threads (FFTW and numba)")
 
     t0 = time.perf_counter()
-    solver = mesh.ForceSolver(n, box, cosmo.Omega_m, sim.kernel, threads)
+    solver = gravity.ForceSolver(n, box, cosmo.Omega_m, sim.kernel, threads)
     t_plan = time.perf_counter() - t0
     info["numba_threads"] = numba.get_num_threads()
     lpt = initial_conditions(cfg, cosmo)
@@ -304,7 +314,7 @@ def main(argv=None):
     info["numba_threading_layer"] = numba.threading_layer()
     print(f"versions: python {info['python']}, numpy {info['numpy']}, numba {info['numba']} "
           f"(threading layer {info['numba_threading_layer']}), pyFFTW {info['pyfftw']}")
-    print(f"first ForceSolver construction (FFTW planning, flags {mesh._FFTW_FLAGS}): "
+    print(f"first ForceSolver construction (FFTW planning, flags {fft.FFTW_FLAGS}): "
           f"{t_plan:.2f} s")
 
     results = {"machine": info, "threads": threads, "plan_s": t_plan, "command": sys.argv}
@@ -335,7 +345,7 @@ def main(argv=None):
                 lambda p=pos, o=out: solver(p, out=o), None),
             "floor: paint + r2c + 3 c2r": (floor_run, floor_setup),
         }
-        spectral = mesh.ForceSolver(n, box, cosmo.Omega_m, sim.kernel, threads,
+        spectral = gravity.ForceSolver(n, box, cosmo.Omega_m, sim.kernel, threads,
                                     gradient="fourier")
         contenders["force, spectral gradient (1 r2c + 3 c2r)"] = (
             lambda p=pos, s=spectral: s(p), None)
@@ -365,7 +375,7 @@ def main(argv=None):
     flag_list = ["FFTW_ESTIMATE", "FFTW_MEASURE"] + (["FFTW_PATIENT"] if args.patient else [])
     variants = fft_variants(n, sorted({1, threads}), flag_list, reps, warm)
     print(f"\nFFTW planner flags and threads (pyFFTW, float32 {n}^3, out of place; the force "
-          f"uses {mesh._FFTW_FLAGS[0]})")
+          f"uses {fft.FFTW_FLAGS[0]})")
     print(f"  {'':<28} {'planning s':>10} {'r2c ms':>8} {'c2r ms':>8}  (median)")
     for k, r in variants.items():
         print(f"  {k:<28} {r['plan_s']:10.2f} {r['r2c'][0]:8.2f} {r['c2r'][0]:8.2f}")
