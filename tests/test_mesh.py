@@ -105,6 +105,40 @@ def test_readout_of_a_linear_field_is_exact_and_periodic():
     np.testing.assert_allclose(readout_cic(meshes[2], pos, box), out[:, 2], atol=1e-5)
 
 
+def test_readout_in_mesh_order_or_particle_order_gives_the_same_bits():
+    """The solver's sorted readout (__call__) and a readout of force_field in particle order
+    (what the stepper fuses into its kick) are the same float32 expressions: equal bits."""
+    from cocasbi.cic import sort_by_column
+
+    rng = np.random.default_rng(4)
+    n, box = 16, 32.0
+    pos = rng.uniform(-box, 2 * box, (5000, 3))
+    solver = ForceSolver(n, box, OMEGA_M, threads=THREADS)
+    sorted_readout = solver(pos)
+    mesh = solver.force_field(pos)
+    np.testing.assert_array_equal(readout_cic(mesh, pos, box), sorted_readout)
+    # the sort without its permutation fills the same sorted positions and plane starts
+    sp1, sp2 = np.empty_like(pos), np.empty_like(pos)
+    order, start1 = sort_by_column(pos, sp1, n, box)
+    empty, start2 = sort_by_column(pos, sp2, n, box, order=np.empty(0, dtype=np.int64))
+    assert empty.size == 0
+    np.testing.assert_array_equal(sp1, sp2)
+    np.testing.assert_array_equal(start1, start2)
+    np.testing.assert_array_equal(sp1, pos[order])
+
+
+def test_fft_in_float64_and_bad_dtype():
+    rng = np.random.default_rng(6)
+    field = rng.normal(size=(8, 8, 8))
+    fft = FFT(8, threads=THREADS, dtype=np.float64)
+    modes = fft.forward(field)
+    assert modes.dtype == np.complex128
+    np.testing.assert_allclose(modes, np.fft.rfftn(field), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(fft.backward(modes), field, rtol=0, atol=1e-14)
+    with pytest.raises(ValueError, match="dtype"):
+        FFT(8, dtype=np.int32)
+
+
 def test_fft_round_trip_and_normalisation():
     rng = np.random.default_rng(8)
     n = 16
