@@ -98,9 +98,9 @@ def initial_conditions(cfg: Config, cosmo: Cosmology, seed=None) -> LPTFields:
     sim = cfg.simulation
     modes = linear_field_modes(
         sim.n_particles, sim.box_size, cosmo, as_seed_sequence(sim.seed if seed is None else seed),
-        fixed_amplitude=sim.fixed_amplitude, paired=sim.paired,
+        fixed_amplitude=sim.fixed_amplitude, paired=sim.paired, threads=sim.threads,
     )
-    return lpt_fields(modes, sim.box_size, sim.n_mesh, order=sim.lpt_order)
+    return lpt_fields(modes, sim.box_size, sim.n_mesh, order=sim.lpt_order, threads=sim.threads)
 
 
 def simulate(cfg: Config, seed=None, frame: Frame | None = None, forces="all",
