@@ -71,12 +71,29 @@ class DiagnosticsConfig(_Frozen):
         0.15, ge=0, le=1, description="largest |expected coverage − credibility| per parameter")
 
 
+class GaussianFieldSpec(_Frozen):
+    """The known-answer Gaussian-field model as the simulator (simulated in process)."""
+
+    n: int = Field(8, ge=2, description="grid cells per side (even)")
+    box_size: float = Field(256.0, gt=0, description="[Mpc/h]")
+    n_bins: int = Field(4, ge=1)
+    prior: tuple[float, float] = Field((0.5, 2.0), description="uniform box of A")
+    n_simulations: int = Field(1000, ge=1)
+
+    def model(self, method: str = "exact"):
+        from cocasbi.inference.gaussian_field import GaussianFieldModel
+
+        return GaussianFieldModel(n=self.n, box_size=self.box_size, n_bins=self.n_bins,
+                                  method=method, prior=self.prior)
+
+
 class ObservationConfig(_Frozen):
     """The mock observation: a reference run at ``theta`` with a held-out seed."""
 
     theta: dict[str, float] = Field(..., description="true parameters of the mock")
     index: int = Field(0, ge=0, description="held-out observation seed index j")
-    method: Literal["pm", "cola"] = "pm"
+    method: Literal["pm", "cola", "field", "exact"] = Field(
+        "pm", description="reference run: pm / cola (campaign), field / exact (Gaussian field)")
     n_steps: int | None = Field(None, ge=1, description="steps of the reference run")
     file: Path | None = Field(None, description="read x_o from this HDF5 file instead")
 
@@ -87,8 +104,10 @@ class PipelineConfig(_Frozen):
     name: str = "inference"
     directory: Path = Path("output/inference")
     master_seed: int = Field(..., ge=0)
-    campaign: str | dict = Field(..., description="campaign YAML (relative to this file), "
-                                 "built-in name, or inline mapping")
+    campaign: str | dict | None = Field(None, description="campaign YAML (relative to this "
+                                        "file), built-in name, or inline mapping")
+    gaussian_field: GaussianFieldSpec | None = Field(
+        None, description="simulate the known-answer model instead of a campaign")
     n_test: int = Field(100, ge=0, description="last rows of the campaign held out for "
                         "diagnostics (never trained on)")
     n_samples: int = Field(10000, ge=10, description="posterior samples of the observation")
@@ -101,6 +120,13 @@ class PipelineConfig(_Frozen):
 
     @model_validator(mode="after")
     def _check(self):
+        if (self.campaign is None) == (self.gaussian_field is None):
+            raise ValueError("give exactly one of `campaign` and `gaussian_field`")
+        field_methods = ("field", "exact")
+        if (self.gaussian_field is not None) != (self.observation.method in field_methods):
+            raise ValueError(f"observation method {self.observation.method!r} does not fit "
+                             f"the {'Gaussian-field' if self.gaussian_field else 'campaign'} "
+                             "simulator")
         for c in self.credibility:
             if not 0 < c < 1:
                 raise ValueError(f"credibility level {c} must be in (0, 1)")

@@ -114,6 +114,8 @@ def training_set(campaign_h5: str | Path, min_rows: int = 2) -> TrainingData:
     import h5py
 
     data = load_campaign(campaign_h5)
+    if data.x is None:
+        raise ValueError(f"{campaign_h5} stores no summaries x (kind is not 'summaries')")
     with h5py.File(campaign_h5, "r") as f:
         lower, upper = f["lower"][...], f["upper"][...]
     return from_arrays(data.theta, data.x, parameters=data.parameters, names=data.names,

@@ -153,25 +153,32 @@ def split_indices(n: int, validation_fraction: float, master_seed: int, round_: 
 
 
 def train_estimators(data: TrainingData, estimator: EstimatorConfig, training: TrainingConfig,
-                     master_seed: int, round_: int = 0, proposal=None,
-                     progress: bool = True, members: Sequence[int] | None = None
+                     master_seed: int, round_: int = 0, progress: bool = True,
+                     members: Sequence[int] | None = None, rounds: Sequence = ()
                      ) -> list[TrainedEstimator]:
-    """Train ``training.ensemble`` estimators (members 0..M−1) on ``data``.
+    """Train ``training.ensemble`` estimators (members 0..M−1) on ``data`` (prior draws).
 
-    ``proposal``: the distribution θ of ``data`` were drawn from when it is not the prior
-    (sequential rounds; sbi's NPE-C loss then corrects for it), else None.
+    ``rounds``: further ``(TrainingData, proposal)`` pairs of sequential rounds, θ drawn from
+    ``proposal`` (a posterior given x_o); sbi's NPE-C loss then corrects for the proposal.
+    The split of all rows together comes from the VALIDATION stream of ``round_``.
     """
     import torch
 
     if len(data) < training.min_simulations:
         raise ValueError(f"only {len(data)} usable simulations, need at least "
                          f"{training.min_simulations} ({data.report})")
-    n_val = len(data) - int((1 - training.validation_fraction) * len(data))
-    if n_val < 1 or len(data) - n_val < 2:
-        raise ValueError(f"{len(data)} simulations cannot be split with validation fraction "
+    for extra, _ in rounds:
+        if extra.names != data.names or extra.parameters != data.parameters:
+            raise ValueError("simulations of a sequential round have another layout")
+    theta = torch.cat([data.theta, *[d.theta for d, _ in rounds]])
+    x = torch.cat([data.x, *[d.x for d, _ in rounds]])
+    n = int(theta.shape[0])
+    n_val = n - int((1 - training.validation_fraction) * n)
+    if n_val < 1 or n - n_val < 2:
+        raise ValueError(f"{n} simulations cannot be split with validation fraction "
                          f"{training.validation_fraction}")
-    train_rows, _ = split_indices(len(data), training.validation_fraction, master_seed, round_)
-    zscore = zscore_stats(data.theta[train_rows], data.x[train_rows])
+    train_rows, _ = split_indices(n, training.validation_fraction, master_seed, round_)
+    zscore = zscore_stats(theta[train_rows], x[train_rows])
     prior = data.prior.to_sbi()
     members = range(training.ensemble) if members is None else members
     cls = _seeded_npe_class()
@@ -181,26 +188,27 @@ def train_estimators(data: TrainingData, estimator: EstimatorConfig, training: T
                    disable=not progress, dynamic_ncols=True, leave=False)
         with torch_threads(training.threads), torch.random.fork_rng(), bar:
             torch.manual_seed(torch_seed(stream_seed(master_seed, Stream.TRAINING, m)))
-            npe = cls(prior=prior, density_estimator=lambda th, x: build_estimator(
-                estimator, th, x), show_progress_bars=False)
+            npe = cls(prior=prior, density_estimator=lambda th, xx: build_estimator(
+                estimator, th, xx), show_progress_bars=False)
             npe.split_rng = np.random.default_rng(
                 stream_seed(master_seed, Stream.VALIDATION, round_))
             npe.bar = bar
-            npe.append_simulations(data.theta, data.x,
-                                   proposal=proposal, exclude_invalid_x=False)
+            npe.append_simulations(data.theta, data.x, exclude_invalid_x=False)
+            for extra, proposal in rounds:
+                npe.append_simulations(extra.theta, extra.x, proposal=proposal,
+                                       exclude_invalid_x=False)
             net = npe.train(training_batch_size=min(training.batch_size, len(train_rows)),
                             learning_rate=training.learning_rate,
                             validation_fraction=training.validation_fraction,
                             stop_after_epochs=training.stop_after_epochs,
                             max_num_epochs=training.max_epochs,
-                            clip_max_norm=training.clip_max_norm,
-                            force_first_round_loss=proposal is None)
+                            clip_max_norm=training.clip_max_norm)
         net.eval()
         s = npe.summary
         out.append(TrainedEstimator(net, zscore, {
             "member": m, "round": round_, "epochs": int(s["epochs_trained"][-1]),
             "best_validation_loss": float(s["best_validation_loss"][-1]),
-            "n_train": len(train_rows), "n_validation": len(data) - len(train_rows)}))
+            "n_train": len(train_rows), "n_validation": n - len(train_rows)}))
     return out
 
 
