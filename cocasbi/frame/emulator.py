@@ -30,6 +30,8 @@ from cocasbi.frame.files import read_transfer_frame, write_transfer_frame
 from cocasbi.ic import LPTFields
 
 _CACHED_TIMES = 4  # p_ML arrays kept per bound frame
+#: frames shipped in ``cocasbi/data`` (``frame_<name>.npz``), loadable by name
+SHIPPED_FRAMES = ("tiny", "paper")
 
 
 def cosmology_dict(cosmo: Cosmology | dict) -> dict[str, float]:
@@ -107,12 +109,13 @@ def load_frame(path: str | Path, device: str = "cpu") -> FrameEmulator:
     """Load a frame saved by :meth:`FrameEmulator.save` (``.npz`` = transfer model; a V-net
     runs on ``device``, CPU by default).
 
-    ``path`` may also be ``"tiny"``: the pre-trained frame shipped for ``tiny.yaml``. The file
-    is validated (:mod:`cocasbi.frame.files`, :mod:`cocasbi.frame.checkpoint`): anything but a
+    ``path`` may also name a shipped frame (:data:`SHIPPED_FRAMES`): ``"tiny"`` for
+    ``tiny.yaml``, ``"paper"`` for ``paper.yaml`` over the default prior. The file is
+    validated (:mod:`cocasbi.frame.files`, :mod:`cocasbi.frame.checkpoint`): anything but a
     well-formed frame is a one-line ValueError, and nothing in it is executed.
     """
-    if str(path) == "tiny":
-        path = shipped_frame_path("tiny")
+    if str(path) in SHIPPED_FRAMES:
+        path = shipped_frame_path(str(path))
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"frame file not found: {path}")
@@ -127,4 +130,6 @@ def load_frame(path: str | Path, device: str = "cpu") -> FrameEmulator:
 
 def shipped_frame_path(name: str = "tiny") -> Path:
     """Path of a pre-trained frame shipped in ``cocasbi/data``."""
+    if name not in SHIPPED_FRAMES:
+        raise ValueError(f"no shipped frame {name!r}; choose from {SHIPPED_FRAMES}")
     return Path(str(resources.files("cocasbi") / "data" / f"frame_{name}.npz"))

@@ -11,11 +11,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+import h5py
 import numpy as np
 
 from cocasbi.cosmology import Cosmology
 from cocasbi.frame.basis import TimeBasis
-from cocasbi.frame.training.data import iter_samples
+from cocasbi.frame.training.data import read_sample
 
 
 def basis_from_gram(gram: np.ndarray, times: np.ndarray) -> TimeBasis:
@@ -28,22 +29,38 @@ def basis_from_gram(gram: np.ndarray, times: np.ndarray) -> TimeBasis:
     return TimeBasis(np.asarray(times, dtype=np.float64), vec, ev)
 
 
-def fit_time_basis(paths: Sequence[Path], K: int | None = None) -> TimeBasis:
-    """SVD time basis of the stored residuals of ``paths`` (all must share the query times).
+#: default ridge of the drift metric (chosen by the held-out drift-weighted error on paper.yaml
+#: over the default prior: experiments/frame_basis_study.py, docs/coca.md)
+DRIFT_RIDGE = 0.01
 
-    K: number of functions kept (default: all n_t).
+
+def fit_time_basis(paths: Sequence[Path], K: int | None = None,
+                   drift_ridge: float = float("inf")) -> TimeBasis:
+    """Time basis of the stored residuals of ``paths`` (all must share the query times).
+
+    K: number of functions kept (default: all n_t); drift_ridge: ∞ (default) gives the plain
+    SVD basis, a finite value the basis of the drift metric :func:`drift_metric` (averaged
+    over the runs' cosmologies), e.g. :data:`DRIFT_RIDGE`.
     """
-    gram, times = None, None
-    for s in iter_samples(paths):
+    gram, times, drift = None, None, []
+    for path in paths:
+        s = read_sample(path)
         m = s.residual.reshape(len(s.times), -1).astype(np.float64)
         if times is None:
             times, gram = s.times, np.zeros((len(s.times), len(s.times)))
         elif len(s.times) != len(times) or not np.allclose(s.times, times, rtol=1e-12):
             raise ValueError(f"{s.path}: query times differ from the first file's")
         gram += m @ m.T
+        if np.isfinite(drift_ridge):
+            with h5py.File(path, "r") as f:
+                drift.append(drift_matrix(s.times, f["boundaries"][...], f["half"][...],
+                                          Cosmology(**s.cosmology)))
     if gram is None:
         raise ValueError("no training files")
-    basis = basis_from_gram(gram, times)
+    if np.isfinite(drift_ridge):
+        basis = weighted_basis(gram, times, drift_metric(np.mean(drift, axis=0), drift_ridge))
+    else:
+        basis = basis_from_gram(gram, times)
     return basis.truncated(K) if K else basis
 
 

@@ -22,7 +22,7 @@ from cocasbi.frame.basis import TimeBasis
 from cocasbi.frame.checkpoint import load_model, read_checkpoint, resolve_device
 from cocasbi.frame.emulator import FrameEmulator
 from cocasbi.frame.neural import VNetFrameModel, lattice_divergence, save_vnet_frame
-from cocasbi.frame.training.basis import fit_time_basis
+from cocasbi.frame.training.basis import DRIFT_RIDGE, fit_time_basis
 from cocasbi.frame.training.config import VNetTrainingConfig
 from cocasbi.frame.training.data import iter_samples
 from cocasbi.frame.training.train import _batch, evaluate, train
@@ -116,7 +116,7 @@ def train_vnet_frame(paths: Sequence[Path], out: str | Path,
     train_paths, val_paths = ((paths[:-cfg.n_val], paths[-cfg.n_val:]) if cfg.n_val
                               else (paths, []))
     features = CosmologyFeatures(degree=cfg.degree)
-    basis = fit_time_basis(train_paths, K=K)
+    basis = fit_time_basis(train_paths, K=K, drift_ridge=DRIFT_RIDGE)  # drift-weighted loss
     base_model = fit_transfer(train_paths, basis, features) if cfg.base == "transfer" else None
     in_scale, out_scale = _scales(train_paths, basis, base_model, cfg.density)
     if cfg.common_scale:
@@ -170,6 +170,7 @@ def train_vnet_frame(paths: Sequence[Path], out: str | Path,
         best_epoch = int(info["epoch"])
     net.to("cpu")
     meta = {"n_train_sims": len(train_paths), "n_val_sims": len(val_paths), "K": K,
+            "drift_ridge": DRIFT_RIDGE,
             "epochs": len(history["train_loss"]), "best_epoch": best_epoch,
             "schedule_epochs": schedule, "config": cfg.model_dump(),
             "history": {k: [float(v) for v in vals] for k, vals in history.items()}}

@@ -1,0 +1,139 @@
+"""COCA with a frame over the prior against COLA at equal wall time, five cosmologies.
+
+paper.yaml (64³ particles, 128 Mpc/h, 128³ mesh, 20 steps from a = 0.05) at the cosmologies
+and seeds of the held-out frame data set (``SeedSequence(2, (i,))``, Latin hypercube of
+``cocasbi.prior.DEFAULT_PRIOR``). Reference: PM with ``N_REF`` FastPM steps, same ICs and mesh.
+All runs skip the force at a = 1 (positions only). COLA-n: n steps and forces; COCA-n: the
+20-step schedule with n forces evenly spaced over boundaries 0 … 19 (n = 0: emulation only),
+the frame evaluated once per run (its time included). Metrics (``cocasbi.stats.metrics``):
+rms Δx [Mpc/h], P/P_ref − 1 and 1 − r² at k = 0.5 and 1 h/Mpc; wall time of ICs + frame +
+stepping on this machine (shared, noisy). Frame errors come from the held-out moments
+(``frame_basis_study.py`` caches them in TEST/moments).
+
+    python experiments/frame_prior_table.py FRAME TEST_DIR RESULTS.json FIGURE.png
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import h5py
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from cocasbi.config import load_config  # noqa: E402
+from cocasbi.frame.emulator import load_frame  # noqa: E402
+from cocasbi.frame.training.basis import relative_errors  # noqa: E402
+from cocasbi.frame.training.data import list_samples, read_sample  # noqa: E402
+from cocasbi.frame.training.moments import SimMoments  # noqa: E402
+from cocasbi.nbody import force_schedule  # noqa: E402
+from cocasbi.simulation import simulate  # noqa: E402
+from cocasbi.stats.metrics import paired_metrics  # noqa: E402
+
+N_REF = 100
+COLA_STEPS = (1, 2, 3, 4, 6, 8, 12, 20)
+COCA_FORCES = (0, 1, 2, 4)
+K_REPORT = (0.5, 1.0)
+
+
+def frame_error(emu, moments: SimMoments) -> dict:
+    """Held-out errors of the frame's p_ML on one run (exact, from its moments)."""
+    m = emu.model
+    node = np.tensordot(m.tau, m.features(moments.cosmology), axes=(2, 0))  # (2, K, J)
+    per_time = np.einsum("kt,skj->tsj", emu.basis.functions, node)
+    return relative_errors(moments.error_gram(per_time), moments.gram, moments.drift)
+
+
+def summary(res, ref, box, n_mesh) -> dict:
+    pm = paired_metrics(res.final.positions, ref.final.positions, box, n_mesh)
+    out = {"rms_dx": float(pm["rms_dx"]), "seconds": float(res.wall_time),
+           "forces": int(res.n_force_evaluations)}
+    for k in K_REPORT:
+        i = int(np.argmin(np.abs(pm["k"] - k)))
+        out[f"pk_{k:g}"] = float(pm["pk_ratio"][i])
+        out[f"r2_{k:g}"] = float(pm["one_minus_r2"][i])
+    return out
+
+
+def run_cosmology(cfg, emu, seed) -> dict:
+    sim = cfg.simulation
+    box, nm = sim.box_size, sim.n_mesh
+    ref = simulate(cfg.replace(simulation={"method": "pm", "n_steps": N_REF,
+                                           "final_kick": False}), seed=seed)
+    out = {"ref_seconds": float(ref.wall_time), "cola": {}, "coca": {}}
+    for n in COLA_STEPS:
+        r = simulate(cfg.replace(simulation={"n_steps": n, "final_kick": False}), seed=seed)
+        out["cola"][n] = summary(r, ref, box, nm)
+    coca = cfg.replace(simulation={"method": "coca", "final_kick": False})
+    for n in COCA_FORCES:
+        r = simulate(coca, frame=emu, seed=seed,
+                     forces=force_schedule(f"even:{n}", sim.n_steps, final_kick=False))
+        out["coca"][n] = {**summary(r, ref, box, nm), "frame_seconds": float(r.frame_seconds)}
+    return out
+
+
+def cola_at(entry: dict, seconds: float) -> dict:
+    """The most accurate COLA run that took at most ``seconds`` (else the cheapest)."""
+    runs = sorted(entry["cola"].items(), key=lambda kv: kv[1]["seconds"])
+    ok = [(n, r) for n, r in runs if r["seconds"] <= seconds] or runs[:1]
+    n, r = min(ok, key=lambda kv: kv[1]["rms_dx"])
+    return {"steps": int(n), **r}
+
+
+def plot(results, path):
+    fig, ax = plt.subplots(1, 3, figsize=(14, 4.2))
+    for i, c in enumerate(results["cosmologies"]):
+        col = f"C{i}"
+        lab = f"Ωm {c['theta']['Omega_m']:.3f}, σ8 {c['theta']['sigma8']:.3f}"
+        for method, style in (("cola", "s--"), ("coca", "o-")):
+            runs = list(c[method].values())
+            sec = [r["seconds"] for r in runs]
+            for a, key in zip(ax, ("rms_dx", "pk_1", "r2_1"), strict=True):
+                y = [abs(r[key]) for r in runs]
+                a.plot(sec, y, style, color=col, ms=4,
+                       label=lab if (method == "coca" and key == "rms_dx") else None)
+    for a, lab in zip(ax, ("rms Δx [Mpc/h]", "|P/P_ref − 1| at k = 1 h/Mpc",
+                           "1 − r² at k = 1 h/Mpc"), strict=True):
+        a.set(xlabel="wall time [s] (ICs + frame + stepping)", ylabel=lab, xscale="log",
+              yscale="log")
+    ax[0].set_title("COCA (o, solid: 0/1/2/4 forces) vs COLA (s, dashed: 1…20 steps)",
+                    fontsize=9)
+    ax[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main(frame, test_dir, out_json, fig):
+    cfg0 = load_config("paper")
+    emu = load_frame(frame)
+    results = {"frame": str(frame), "frame_meta": emu.meta, "cosmologies": []}
+    for p in list_samples(test_dir):
+        s = read_sample(p, residual=False)
+        theta = {k: s.cosmology[k] for k in ("Omega_m", "sigma8")}
+        with h5py.File(p, "r") as f:
+            seed_json = f.attrs["seed_json"]
+        entry = {"theta": theta, "seed": json.loads(seed_json)}
+        mpath = Path(test_dir) / "moments" / f"{p.stem}.npz"
+        if mpath.exists():
+            entry["frame_error"] = frame_error(emu, SimMoments.load(mpath))
+        entry.update(run_cosmology(cfg0.replace(cosmology=theta), emu, s.seed))
+        entry["equal_time"] = {n: cola_at(entry, r["seconds"]) for n, r in entry["coca"].items()}
+        results["cosmologies"].append(json.loads(json.dumps(entry)))
+        print(json.dumps({"theta": theta, "frame_error": entry.get("frame_error"),
+                          "coca": {n: (round(r["rms_dx"], 3), round(r["r2_1"], 4),
+                                       round(r["pk_1"], 3), round(r["seconds"], 2))
+                                   for n, r in entry["coca"].items()},
+                          "cola": {n: (round(r["rms_dx"], 3), round(r["r2_1"], 4),
+                                       round(r["pk_1"], 3), round(r["seconds"], 2))
+                                   for n, r in entry["cola"].items()}}), flush=True)
+        Path(out_json).write_text(json.dumps(results, indent=1))
+    plot(results, fig)
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:5])
