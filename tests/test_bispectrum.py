@@ -150,3 +150,19 @@ def test_forward_model_bk_summary_and_unchanged_pk_block():
                         dk=both.bk_bins[2], threads=1)
     np.testing.assert_allclose(x[n_pk:], direct.bispectrum, rtol=1e-6)
     assert np.all(x[n_pk:n_pk + 4] > 0)  # gravity makes the large-scale bispectrum positive
+
+
+def test_bit_identical_for_any_thread_count():
+    import numba
+
+    g = _gaussian_field(32, L, seed=9)
+    tri = equilateral([3 * KF, 5 * KF])
+    before = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        one = bispectrum(g, L, tri, threads=1).bispectrum
+        numba.set_num_threads(before)
+        many = bispectrum(g, L, tri, threads=1).bispectrum
+    finally:
+        numba.set_num_threads(before)
+    np.testing.assert_array_equal(one, many)

@@ -230,3 +230,19 @@ def test_cola_with_many_steps_passes_against_pm():
     report = certify(cfg, progress=False)
     assert report.passed, report.markdown()
     assert abs(report.check("parameter_bias").value) < 0.05
+
+
+@pytest.mark.slow
+def test_pairs_on_the_campaign_farm_equal_the_in_process_loop(tmp_path):
+    cfg = _config(under_test={"method": "cola", "n_steps": 3},
+                  reference={"method": "cola", "n_steps": 6}, convergence={"enabled": False})
+    local = certify(cfg, progress=False)
+    farm = cfg.model_copy(update={"farm": cfg.farm.model_copy(
+        update={"enabled": True, "workers": 2, "threads_per_worker": 1})})
+    remote = certify(farm, out_dir=tmp_path, progress=False)
+    assert (tmp_path / "pairs" / "plan.json").exists() or any((tmp_path / "pairs").iterdir())
+    for a, b in zip(local.pairs, remote.pairs, strict=True):
+        assert a["seed"] == b["seed"] and a["theta"] == b["theta"]
+        for key in ("rms_dx", "rms_dv", "pk_ratio", "one_minus_r2", "bk_ratio"):
+            assert a[key] == b[key], key
+    assert [c.value for c in local.checks] == [c.value for c in remote.checks]

@@ -139,6 +139,17 @@ class FisherSpec(_Frozen):
     step: float = Field(0.05, gt=0, le=0.5)
 
 
+class FarmSpec(_Frozen):
+    """Run the pairs as a campaign on a Dask farm (resume, failure records) instead of in
+    process."""
+
+    enabled: bool = False
+    workers: int = Field(0, ge=0, description="local worker processes; 0 = automatic")
+    threads_per_worker: int = Field(0, ge=0, description="0 = automatic")
+    directory: str | None = Field(None, description="campaign directory (default "
+                                                    "<output>/pairs)")
+
+
 class OutputSpec(_Frozen):
     directory: str = "output/certify"
 
@@ -158,6 +169,7 @@ class CertifyConfig(_Frozen):
     convergence: ConvergenceSpec = ConvergenceSpec()
     fisher: FisherSpec = FisherSpec()
     threads: int = Field(0, ge=0, description="FFT/numba threads per simulation; 0 = all")
+    farm: FarmSpec = FarmSpec()
     output: OutputSpec = OutputSpec()
 
     @model_validator(mode="after")

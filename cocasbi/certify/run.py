@@ -128,31 +128,48 @@ def _fisher(cfg: CertifyConfig, candidate, theta0, pairs, prior: BoxPrior, progr
             "step": spec.step, "theta": np.asarray(theta0).tolist()}
 
 
-def certify(cfg: CertifyConfig, *, frame=None, out_dir=None, progress: bool = True,
-            pair_runner=None) -> CertificationReport:
-    """Certify ``cfg.under_test`` against ``cfg.reference``; write the report to ``out_dir``.
-
-    ``frame`` overrides the COCA frame of the run under test (an emulator or fixed frame
-    object); ``pair_runner(task, thetas, seeds) -> list[dict]`` replaces the in-process loop
-    :func:`~cocasbi.certify.pairs.run_pairs` (e.g. a campaign on a Dask farm).
-    """
-    t_start = time.perf_counter()
+def build_task(cfg: CertifyConfig, frame=None):
+    """The :class:`PairTask` of a certification, its bispectrum triangles and k_max [h/Mpc]."""
     base = cfg.simulation_config()
     prior = cfg.prior_box()
     kmax = cfg.kmax(base)
     kf = 2 * np.pi / base.simulation.box_size
     bk_kmin, bk_kmax, bk_dk = cfg.metrics.bk_bins or (kf, kmax, 2 * kf)
     triangles = triangle_bins(bk_kmin, bk_kmax, bk_dk)
-    summaries = cfg.fisher.summaries
     candidate, reference = make_models(
-        base, cfg.under_test, cfg.reference, prior.names, summaries, frame=frame,
+        base, cfg.under_test, cfg.reference, prior.names, cfg.fisher.summaries, frame=frame,
         kmin=cfg.metrics.kmin, kmax=kmax, dk=cfg.metrics.dk, bk_bins=(bk_kmin, bk_kmax, bk_dk))
     task = PairTask(candidate, reference, kmax=kmax, dk=cfg.metrics.dk, kmin=cfg.metrics.kmin,
                     triangles=triangles if len(triangles) else None, bk_dk=bk_dk,
                     velocities=cfg.metrics.velocities)
+    return task, triangles, kmax
+
+
+def certify(cfg: CertifyConfig, *, frame=None, out_dir=None, progress: bool = True,
+            pair_runner=None) -> CertificationReport:
+    """Certify ``cfg.under_test`` against ``cfg.reference``; write the report to ``out_dir``.
+
+    ``frame`` overrides the COCA frame of the run under test (an emulator or fixed frame
+    object); ``pair_runner(task, thetas, seeds) -> list[dict]`` replaces the in-process loop
+    :func:`~cocasbi.certify.pairs.run_pairs`; with ``farm.enabled`` the pairs run as a campaign
+    on a Dask farm (:mod:`cocasbi.certify.farm`) in ``farm.directory`` (default
+    ``<out_dir>/pairs``), which resumes if interrupted.
+    """
+    t_start = time.perf_counter()
+    task, triangles, kmax = build_task(cfg, frame)
+    candidate, reference = task.candidate, task.reference
+    prior = cfg.prior_box()
     thetas = design(prior, cfg.design.corners, cfg.design.n_interior, cfg.design.master_seed)
     seeds = certification_seeds(cfg.design.master_seed, cfg.design.n_seeds)
-    runner = pair_runner or (lambda t, th, s: run_pairs(t, th, s, progress=progress))
+    runner = pair_runner
+    if runner is None and cfg.farm.enabled:
+        from cocasbi.certify.farm import campaign_runner
+
+        directory = cfg.farm.directory or Path(out_dir or cfg.output.directory) / "pairs"
+        runner = campaign_runner(cfg, directory, workers=cfg.farm.workers,
+                                 threads_per_worker=cfg.farm.threads_per_worker,
+                                 progress=progress)
+    runner = runner or (lambda t, th, s: run_pairs(t, th, s, progress=progress))
     pairs = runner(task, thetas, seeds)
     t_pairs = time.perf_counter()
 
@@ -204,7 +221,8 @@ def certify(cfg: CertifyConfig, *, frame=None, out_dir=None, progress: bool = Tr
     pair_records = [{key: (np.asarray(p[key]).tolist() if key != "seed" else p[key])
                      for key in keep_keys if key in p} for p in pairs]
     report = CertificationReport(
-        name=cfg.name, under_test=cfg.under_test.name(base), reference=cfg.reference.name(base),
+        name=cfg.name, under_test=cfg.under_test.name(candidate.config),
+        reference=cfg.reference.name(reference.config),
         passed=all(c.passed for c in checks), checks=checks, parameters=list(prior.names),
         kmax=float(kmax), k=k.tolist(), n_modes=np.asarray(first["n_modes"]).tolist(),
         sigma_cv=np.asarray(first["sigma_cv"]).tolist(), triangles=triangles.tolist(),

@@ -19,6 +19,9 @@ def certify(
     out: Path = typer.Option(None, "--out", "-o",
                              help="Output directory (default: the config's output.directory)."),
     threads: int = typer.Option(None, help="Threads per simulation (default: the config's)."),
+    workers: int = typer.Option(
+        None, help="Run the pairs as a campaign on a local Dask farm of this many worker "
+        "processes (0 = automatic); default: the config's farm section (in process)."),
     progress: bool = typer.Option(True, help="Show progress bars."),
 ):
     """Run paired simulations over a design of θ, check field-level metrics, convergence and
@@ -30,6 +33,9 @@ def certify(
     cfg = load_certify_config(config)
     if threads is not None:
         cfg = cfg.model_copy(update={"threads": threads})
+    if workers is not None:
+        cfg = cfg.model_copy(update={"farm": cfg.farm.model_copy(
+            update={"enabled": True, "workers": workers})})
     outdir = writable_directory(Path(out) if out is not None else Path(cfg.output.directory))
     typer.echo(f"cocasbi certify: {cfg.name}: {cfg.under_test.method.upper()} against "
                f"{cfg.reference.method.upper()}-{cfg.reference.n_steps}, writing to {outdir}")

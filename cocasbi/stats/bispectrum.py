@@ -151,23 +151,27 @@ class Bispectrum(_Saveable):
 
 # ---------------------------------------------------------------------------- kernels
 @numba.njit(parallel=True, cache=True)
-def _sum3(a, b, c):
-    """Σ a b c over three float32 arrays of the same size, accumulated in float64."""
-    a, b, c = a.ravel(), b.ravel(), c.ravel()
-    total = 0.0
-    for i in numba.prange(a.size):
-        total += np.float64(a[i]) * np.float64(b[i]) * np.float64(c[i])
-    return total
+def _slab_sums3(a, b, c):
+    """Per-x-slab Σ a b c of three float32 (N, N, N) arrays, accumulated in float64."""
+    out = np.zeros(a.shape[0])
+    for i in numba.prange(a.shape[0]):
+        total = 0.0
+        for j in range(a.shape[1]):
+            for m in range(a.shape[2]):
+                total += np.float64(a[i, j, m]) * np.float64(b[i, j, m]) * np.float64(c[i, j, m])
+        out[i] = total
+    return out
 
 
-@numba.njit(parallel=True, cache=True)
-def _sum2(a, b):
-    """Σ a b over two float32 arrays of the same size, accumulated in float64."""
-    a, b = a.ravel(), b.ravel()
-    total = 0.0
-    for i in numba.prange(a.size):
-        total += np.float64(a[i]) * np.float64(b[i])
-    return total
+def _sum3(a, b, c) -> float:
+    """Σ a b c over the mesh: slab sums in parallel, then added in a fixed order, so the
+    result is bit-identical for any thread count."""
+    return float(np.sum(_slab_sums3(a, b, c)))
+
+
+def _sum2(a, b) -> float:
+    """Σ a b over the mesh (as :func:`_sum3` with c = 1)."""
+    return _sum3(a, b, np.ones_like(a))
 
 
 class _Shells:
