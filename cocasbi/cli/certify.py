@@ -27,19 +27,23 @@ def certify(
     """Run paired simulations over a design of θ, check field-level metrics, convergence and
     the Fisher parameter bias against thresholds; write JSON, Markdown and plots."""
     from cocasbi.certify import certify as run_certification
-    from cocasbi.certify import load_certify_config
-    from cocasbi.cli.common import writable_directory
+    from cocasbi.certify import certify_config_from_dict, load_certify_config
+    from cocasbi.cli.common import fail, writable_directory
 
     cfg = load_certify_config(config)
+    data = cfg.model_dump(mode="json")
     if threads is not None:
-        cfg = cfg.model_copy(update={"threads": threads})
+        data["threads"] = threads
     if workers is not None:
-        cfg = cfg.model_copy(update={"farm": cfg.farm.model_copy(
-            update={"enabled": True, "workers": workers})})
+        data["farm"] = {**data["farm"], "enabled": True, "workers": workers}
+    cfg = certify_config_from_dict(data, source="command line")
     outdir = writable_directory(Path(out) if out is not None else Path(cfg.output.directory))
     typer.echo(f"cocasbi certify: {cfg.name}: {cfg.under_test.method.upper()} against "
                f"{cfg.reference.method.upper()}-{cfg.reference.n_steps}, writing to {outdir}")
-    report = run_certification(cfg, out_dir=outdir, progress=progress)
+    try:
+        report = run_certification(cfg, out_dir=outdir, progress=progress)
+    except RuntimeError as err:  # pairs that did not finish on the farm: could not run
+        fail(str(err), code=2)
     for check in report.checks:
         typer.echo(f"  {'pass' if check.passed else 'FAIL'}  {check.name:15s} "
                    f"{check.value:10.4g} (threshold {check.threshold:.3g})  {check.detail}")
