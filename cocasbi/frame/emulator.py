@@ -63,6 +63,13 @@ class EmulatedFrame:
             self._cache[key] = out
         return out
 
+    def weighted_residual(self, times, weights) -> np.ndarray:
+        """Σ_s w_s p_ML(a_s) as one K-term sum (N³, 3) float64 [Mpc/h] (the stepper collapses
+        a run of force-free steps into one drift with it)."""
+        b = np.atleast_2d(self.basis.values(np.asarray(times, dtype=np.float64), self.cosmo))
+        return np.tensordot(b @ np.asarray(weights, dtype=np.float64), self.coeffs,
+                            axes=(0, 0))
+
 
 @dataclass
 class FrameEmulator:

@@ -53,7 +53,7 @@ class SimMoments:
 
     def error_gram(self, per_time: np.ndarray) -> np.ndarray:
         """Error Gram matrix (n_t, n_t) of the prediction M_t Ψ with M_t = ``per_time``
-        (n_t, 2, J), the node values of the transfer functions at each query time."""
+        (n_t, S, J), the node values of the transfer functions at each query time."""
         x = np.einsum("tsj,usj->tu", per_time, self.vec)
         q = np.einsum("tsj,srjk,urk->tu", per_time, self.cross, per_time)
         return self.gram - x - x.T + q
@@ -72,24 +72,29 @@ class SimMoments:
                        d["times"], d["gram"], d["cross"], d["vec"], d["drift"])
 
 
-def sample_moments(path: str | Path) -> SimMoments:
-    """The moments of one training file (reads it once; memory ≈ 2 × its residual)."""
+def sample_moments(path: str | Path, extra: Sequence[np.ndarray] = ()) -> SimMoments:
+    """The moments of one training file (reads it once; memory ≈ 2 × its residual).
+
+    extra: further source fields ((N³, 3) or (N, N, N, 3), lattice order) after Ψ1 and Ψ2,
+    for models with more inputs than the transfer frame (``cross`` and ``vec`` then have
+    S = 2 + len(extra) sources).
+    """
     s = read_sample(path)
     with h5py.File(path, "r") as f:
         boundaries, half = f["boundaries"][...], f["half"][...]
     n, nt = s.n, len(s.times)
     fitter = TransferFitter(n, s.box_size, 1, CosmologyFeatures(degree=0))
-    fields = [_rfft_fields(s.psi1, n), _rfft_fields(s.psi2, n)]
-    w = fitter._w
-    cross = np.empty((2, 2, fitter.J, fitter.J))
-    for a in range(2):
-        for b in range(2):
+    fields = [_rfft_fields(f, n) for f in (s.psi1, s.psi2, *extra)]
+    w, S = fitter._w, len(fields)
+    cross = np.empty((S, S, fitter.J, fitter.J))
+    for a in range(S):
+        for b in range(S):
             cross[a, b] = fitter._pair_matrix(w * (np.conj(fields[a]) * fields[b]).real
                                               .sum(axis=0).ravel())
-    vec = np.empty((nt, 2, fitter.J))
+    vec = np.empty((nt, S, fitter.J))
     for t in range(nt):
         target = _rfft_fields(s.residual[t], n)
-        for a in range(2):
+        for a in range(S):
             vec[t, a] = fitter._vector(w * (np.conj(fields[a]) * target).real.sum(axis=0)
                                        .ravel())
     m = s.residual.reshape(nt, -1).astype(np.float64)
@@ -113,21 +118,23 @@ def cached_moments(paths: Sequence[Path], cache_dir: str | Path) -> list[SimMome
 
 def fit_per_time(moments: Sequence[SimMoments], features: CosmologyFeatures,
                  ridge: float = 1e-10) -> np.ndarray:
-    """Least-squares transfer coefficients τ (n_t, 2, P, J) for the residual at every query
-    time (same normal equations as :class:`~cocasbi.frame.training.transfer.TransferFitter`)."""
+    """Least-squares transfer coefficients τ (n_t, S, P, J) for the residual at every query
+    time (same normal equations as :class:`~cocasbi.frame.training.transfer.TransferFitter`;
+    S = 2 sources Ψ1, Ψ2 unless the moments hold more)."""
     if not moments:
         raise ValueError("no training moments")
     P, J, nt = features.size, moments[0].J, len(moments[0].times)
-    a = np.zeros((2 * P * J, 2 * P * J))
-    b = np.zeros((nt, 2 * P * J))
+    S = moments[0].cross.shape[0]
+    a = np.zeros((S * P * J, S * P * J))
+    b = np.zeros((nt, S * P * J))
     for m in moments:
-        if m.J != J or len(m.times) != nt:
+        if m.J != J or len(m.times) != nt or m.cross.shape[0] != S:
             raise ValueError("moments of different grids or query times")
         phi = features(m.cosmology)
         a += np.einsum("p,q,stjk->spjtqk", phi, phi, m.cross).reshape(a.shape)
         b += np.einsum("p,tsj->tspj", phi, m.vec).reshape(b.shape)
     a += ridge * np.trace(a) / len(a) * np.eye(len(a))
-    return np.linalg.solve(a, b.T).T.reshape(nt, 2, P, J)
+    return np.linalg.solve(a, b.T).T.reshape(nt, S, P, J)
 
 
 def project_model(tau_t: np.ndarray, basis: TimeBasis, features: CosmologyFeatures,

@@ -1,0 +1,92 @@
+"""Is the transfer frame limited by its inputs? Add PM forces at the LPT positions as inputs.
+
+The transfer frame is linear in Ψ1 and Ψ2, so it can only hold the part of the COLA residual
+that is linear in the LPT fields; its training and held-out errors agree and do not fall with
+more data (``frame_basis_study.py``), i.e. its capacity limits it. A cheap nonlinear input is
+the PM force at the 2LPT positions, F(q + D1(a)Ψ1 + D2(a)Ψ2) (one force evaluation each, read
+back on the Lagrangian lattice): it carries the nonlinear density that the COLA residual
+responds to. Each input gets its own isotropic transfer functions (degree-1 cosmology
+polynomial), fitted exactly from the per-run moments (:mod:`cocasbi.frame.training.moments`).
+Time basis: drift-weighted, ridge 0.01, K = 4 (the choice of ``frame_basis_study.py``).
+
+    python experiments/frame_force_features.py TRAIN TEST N_TRAIN RESULTS.json
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from cocasbi.cosmology import Cosmology
+from cocasbi.frame.training.basis import drift_metric, relative_errors, weighted_basis
+from cocasbi.frame.training.data import list_samples, read_sample
+from cocasbi.frame.training.moments import (
+    SimMoments,
+    fit_per_time,
+    model_error_gram,
+    sample_moments,
+)
+from cocasbi.frame.transfer import CosmologyFeatures
+from cocasbi.gravity import ForceSolver
+from cocasbi.ic import lagrangian_grid
+
+A_FORCE = (0.5, 1.0)  # times of the LPT positions whose PM force is an input
+N_MESH = 128
+RIDGE, K = 0.01, 4
+
+
+def force_inputs(path) -> list[np.ndarray]:
+    s = read_sample(path, residual=False)
+    c = Cosmology(**s.cosmology)
+    n, box = s.n, s.box_size
+    q = lagrangian_grid(n, box, N_MESH)
+    p1, p2 = s.psi1.reshape(-1, 3).astype(np.float64), s.psi2.reshape(-1, 3).astype(np.float64)
+    solver = ForceSolver(N_MESH, box, c.Omega_m)
+    return [solver(q + c.D1(a) * p1 + c.D2(a) * p2) for a in A_FORCE]
+
+
+def moments(paths, cache: Path) -> list[SimMoments]:
+    cache.mkdir(parents=True, exist_ok=True)
+    out = []
+    for p in paths:
+        f = cache / f"{p.stem}.npz"
+        if not f.exists():
+            sample_moments(p, extra=force_inputs(p)).save(f)
+        out.append(SimMoments.load(f))
+    return out
+
+
+def sources(m: SimMoments, idx) -> SimMoments:
+    idx = list(idx)
+    return replace(m, cross=m.cross[np.ix_(idx, idx)], vec=m.vec[:, idx])
+
+
+def main(train_dir, test_dir, n_train, out_json):
+    train = moments(list_samples(train_dir)[: int(n_train)], Path(train_dir) / "moments_force")
+    test = moments(list_samples(test_dir), Path(test_dir) / "moments_force")
+    metric = drift_metric(np.mean([m.drift for m in train], axis=0), RIDGE)
+    basis = weighted_basis(sum(m.gram for m in train), train[0].times, metric).truncated(K)
+    feats = CosmologyFeatures(degree=1)
+    sets = {"psi1+psi2": (0, 1), "+F(a=1)": (0, 1, 3), "+F(a=0.5)": (0, 1, 2),
+            "+F(a=0.5)+F(a=1)": (0, 1, 2, 3)}
+    res = {"n_train": len(train), "a_force": A_FORCE, "ridge": RIDGE, "K": K, "inputs": {}}
+    for name, idx in sets.items():
+        tr = [sources(m, idx) for m in train]
+        te = [sources(m, idx) for m in test]
+        tau = fit_per_time(tr, feats)
+        row = {}
+        for tag, group in (("test", te), ("train", tr)):
+            errs = [relative_errors(model_error_gram(m, tau, feats, basis), m.gram, m.drift)
+                    for m in group]
+            row[tag] = {k: float(np.sqrt(np.mean([e[k] ** 2 for e in errs]))) for k in errs[0]}
+        res["inputs"][name] = row
+        print(name, json.dumps(row), flush=True)
+    Path(out_json).write_text(json.dumps(res, indent=1))
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:5])
