@@ -138,6 +138,21 @@ def split_held_out(data: TrainingData, n_test: int, min_train: int):
 
 
 # ------------------------------------------------------------------------------ observation
+def _check_truth(cfg: PipelineConfig, base) -> None:
+    """Fail before any simulation when the mock's θ misses a parameter or leaves the prior."""
+    if cfg.observation.file is not None:
+        return
+    if cfg.gaussian_field is not None:
+        prior = cfg.gaussian_field.model().prior
+    else:
+        prior = _campaign_config(cfg, base).box_prior()
+    theta = cfg.observation.theta
+    if set(theta) != set(prior.names):
+        raise ValueError(f"observation θ names {sorted(theta)} must be the parameters "
+                         f"{list(prior.names)}")
+    prior.check([theta[p] for p in prior.names])
+
+
 def _reference(cfg: PipelineConfig, base):
     obs = cfg.observation
     if cfg.gaussian_field is not None:
@@ -240,6 +255,7 @@ def run_pipeline(cfg: PipelineConfig, directory: str | Path | None = None, *,
     directory = Path(directory or cfg.directory)
     directory.mkdir(parents=True, exist_ok=True)
     stages = _Stages(echo)
+    _check_truth(cfg, base)
     if cfg.gaussian_field is not None:
         data = stages.run("simulate", _simulate_field, cfg, directory, progress)
     else:

@@ -1,0 +1,136 @@
+"""The inference job end to end: the miniature Gaussian-field pipeline through the CLI (CI),
+and a miniature COLA campaign pipeline (slow)."""
+
+import json
+
+import h5py
+import numpy as np
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from cocasbi.cli import app
+from cocasbi.inference.checkpoint import load_checkpoint, save_checkpoint
+
+MINI = {
+    "name": "mini", "master_seed": 3, "n_test": 40, "n_samples": 2000,
+    "gaussian_field": {"n": 4, "n_bins": 2, "prior": [0.5, 2.0], "n_simulations": 640},
+    "estimator": {"model": "mdn", "embedding": "none", "num_components": 3},
+    "training": {"batch_size": 100, "learning_rate": 0.002, "stop_after_epochs": 10},
+    "diagnostics": {"n_posterior_samples": 100, "sbc_min_p": 0.001,
+                    "coverage_max_deviation": 0.25, "tarp_max_atc": 0.15},
+    "observation": {"theta": {"A": 1.2}, "method": "field"},
+}
+
+
+def _invoke(*args):
+    return CliRunner().invoke(app, ["infer", *map(str, args)], catch_exceptions=False)
+
+
+@pytest.fixture(scope="module")
+def mini_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("mini")
+    config = root / "mini.yaml"
+    config.write_text(yaml.safe_dump(MINI))
+    first = _invoke("pipeline", config, "-d", root / "out", "--no-progress")
+    return root, config, first
+
+
+def test_pipeline_end_to_end_and_resume(mini_run):
+    root, config, first = mini_run
+    assert first.exit_code == 0, first.output
+    out = root / "out"
+    for name in ("simulations.npz", "observation.h5", "estimator.pt", "corner.png",
+                 "diagnostics.json", "diagnostics.png", "report.md", "summary.json",
+                 "posterior_samples.npy"):
+        assert (out / name).is_file(), name
+    assert "A: truth 1.2 at percentile" in first.output
+    summary = json.loads((out / "summary.json").read_text())
+    post = summary["posterior"]["parameters"]["A"]
+    assert 0.5 <= post["mean"] <= 2.0 and post["std"] > 0
+    assert 0 <= post["truth_percentile"] <= 100
+    assert summary["n_train"] == 600 and summary["n_test"] == 40
+    assert json.loads((out / "diagnostics.json").read_text())["verdict"] in ("pass", "fail")
+    assert "| A |" in (out / "report.md").read_text()
+    weights = (out / "estimator.pt").read_bytes()
+    second = _invoke("pipeline", config, "-d", out, "--no-progress")
+    assert second.exit_code == 0, second.output
+    for stage in ("simulate", "observe", "train"):
+        assert f"[{stage}] reused" in second.output
+    assert (out / "estimator.pt").read_bytes() == weights
+    again = json.loads((out / "summary.json").read_text())["posterior"]["parameters"]["A"]
+    assert again["mean"] == post["mean"]  # seeded sampling
+
+
+def test_sample_command_and_layout_errors(mini_run, tmp_path):
+    root, _, first = mini_run
+    assert first.exit_code == 0
+    out = root / "out"
+    res = _invoke("sample", out / "estimator.pt", out / "observation.h5", "-o", tmp_path / "s",
+                  "--n", 500, "--no-progress")
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "s" / "corner.png").is_file() and "A:" in res.output
+    bad = tmp_path / "bad.h5"
+    with h5py.File(bad, "w") as f:
+        f["x"] = np.ones(2, dtype=np.float32)
+        f.create_dataset("names", data=["log_pk[k=0.1]", "log_pk[k=0.2]"],
+                         dtype=h5py.string_dtype())
+    res = CliRunner().invoke(app, ["infer", "sample", str(out / "estimator.pt"), str(bad)])
+    assert res.exit_code == 2
+    assert "summary layout differs" in res.output and "log_pk[k=0.1]" in res.output
+    assert len(res.output.strip().splitlines()) == 1
+
+
+def test_failed_write_keeps_the_good_checkpoint(mini_run, monkeypatch):
+    import torch
+
+    out = mini_run[0] / "out"
+    good = (out / "estimator.pt").read_bytes()
+    ckpt = load_checkpoint(out / "estimator.pt")
+
+    def broken(obj, f, *a, **k):
+        open(f, "wb").write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", broken)
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint(out / "estimator.pt", ckpt)
+    assert (out / "estimator.pt").read_bytes() == good
+    assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_bad_pipeline_inputs_are_one_line_errors(tmp_path):
+    cfg = {**MINI, "observation": {"theta": {"A": 5.0}, "method": "field"}}
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    res = CliRunner().invoke(app, ["infer", "pipeline", str(path), "-d", str(tmp_path / "o"),
+                                   "--no-progress"])
+    assert res.exit_code == 2 and "A=5.0 outside the prior" in res.output
+    few = {**MINI, "n_test": 630}
+    path.write_text(yaml.safe_dump(few))
+    res = CliRunner().invoke(app, ["infer", "pipeline", str(path), "-d", str(tmp_path / "o"),
+                                   "--no-progress"])
+    assert res.exit_code == 2 and "only 10 usable training simulations" in res.output
+
+
+@pytest.mark.slow
+def test_campaign_pipeline_miniature(tmp_path):
+    """COLA campaign on tiny.yaml (80 runs), NPE, PM mock, diagnostics (a few minutes)."""
+    from cocasbi.inference.config import load_inference_config
+
+    tiny = load_inference_config("tiny").model_dump(mode="json")
+    tiny["campaign"]["n_simulations"] = 80
+    tiny["campaign"]["execution"] = {"workers": 1, "threads_per_worker": 1, "timeout": 120}
+    tiny.update(n_test=20, n_samples=1000, directory=str(tmp_path / "out"))
+    tiny["training"].update(max_epochs=50, min_simulations=20)
+    tiny["diagnostics"]["n_posterior_samples"] = 100
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(tiny))
+    res = _invoke("pipeline", path, "--no-progress")
+    assert res.exit_code == 0, res.output
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["n_train"] == 60 and summary["n_test"] == 20
+    assert set(summary["posterior"]["parameters"]) == {"Omega_m", "sigma8"}
+    assert (tmp_path / "out" / "campaign" / "campaign.h5").is_file()
+    ckpt = load_checkpoint(tmp_path / "out" / "estimator.pt")
+    assert ckpt.names[0].startswith("log_pk[k=")
