@@ -126,6 +126,10 @@ def _seeded_npe_class():
             return super().get_dataloaders(starting_round, training_batch_size,
                                            validation_fraction, True, dataloader_kwargs)
 
+        def _report_convergence_at_end(self, epoch, max_num_epochs):
+            if epoch > max_num_epochs:  # sbi warns; a converged run is said by the caller
+                super()._report_convergence_at_end(epoch, max_num_epochs)
+
         def _maybe_show_progress(self, show, epoch):
             if self.bar is not None:
                 self.bar.update(1)
