@@ -80,12 +80,12 @@ def test_npe_matches_exact_posterior(trained, small_model):
 
     post = trained.posterior()
     rng = np.random.default_rng(11)
-    for j, a in enumerate((0.7, 1.2, 1.7)):
+    for j, a in enumerate((0.8, 1.6)):
         x = small_model([a], simulation_seed(99, j))
-        npe = sample_posterior(post, x, 3000, master_seed=5, call=j)
+        npe = sample_posterior(post, x, 1500, master_seed=5, call=j)
         exact = small_model.exact_posterior(x)
         mean, std = exact.moments()
-        ref = torch.as_tensor(exact.sample(3000, rng), dtype=torch.float32)
+        ref = torch.as_tensor(exact.sample(1500, rng), dtype=torch.float32)
         assert float(c2st(torch.as_tensor(npe, dtype=torch.float32), ref)) < 0.6
         assert abs(npe.mean() - mean) < 0.3 * std
         assert abs(npe.std() / std - 1) < 0.2
@@ -134,6 +134,7 @@ def test_layout_mismatch_is_named(trained):
         trained.check_layout(trained.names, trained.k * 1.1)
 
 
+@pytest.mark.filterwarnings("ignore:Maximum number of epochs")
 def test_training_is_seeded(small_model):
     data = _field_data(small_model, 200)
     cfg, tr = EstimatorConfig(model="mdn", embedding="none"), TrainingConfig(max_epochs=3)
