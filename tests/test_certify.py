@@ -246,3 +246,43 @@ def test_pairs_on_the_campaign_farm_equal_the_in_process_loop(tmp_path):
         for key in ("rms_dx", "rms_dv", "pk_ratio", "one_minus_r2", "bk_ratio"):
             assert a[key] == b[key], key
     assert [c.value for c in local.checks] == [c.value for c in remote.checks]
+
+
+class _ShiftedPosterior:
+    """A fake posterior: θ | x ~ N((x0, x1), diag(0.1², 0.2²)), sampled with torch's RNG."""
+
+    def sample(self, shape, x, show_progress_bars=False):
+        import torch
+
+        scale = torch.tensor([0.1, 0.2])
+        return x[:2].double() + scale.double() * torch.randn(shape + (2,), dtype=torch.float64)
+
+
+def test_npe_posterior_shift_and_coverage_logic():
+    from cocasbi.certify.npe import posterior_shift
+
+    pairs = [{"x": np.array([0.30, 0.80]), "x_ref": np.array([0.31, 0.80]),
+              "theta": np.array([0.31, 0.80])},
+             {"x": np.array([0.25, 0.70]), "x_ref": np.array([0.25, 0.76]),
+              "theta": np.array([0.9, 0.76])}]
+    out = posterior_shift(_ShiftedPosterior(), pairs, 4000, master_seed=3)
+    # same random numbers for both posteriors: the shift is (x_ref - x) / σ exactly (float32 x)
+    np.testing.assert_allclose(out["shift"] * out["sigma_ref"], [[0.01, 0.0], [0.0, 0.06]],
+                               atol=1e-6)
+    np.testing.assert_allclose(out["sigma_ref"], [[0.1, 0.2]] * 2, rtol=0.05)
+    assert out["coverage"]["0.68"] == [0.5, 1.0]  # the second θ_Ωm is 6.5 σ away
+
+
+@pytest.mark.slow
+def test_npe_check_runs_and_names_the_shift(tmp_path):
+    cfg = _config(under_test={"method": "cola", "n_steps": 2},
+                  reference={"method": "cola", "n_steps": 8}, convergence={"enabled": False},
+                  npe={"enabled": True, "n_train": 120, "n_samples": 400,
+                       "estimator": {"model": "mdn", "num_components": 2},
+                       "training": {"max_epochs": 60, "stop_after_epochs": 10}})
+    report = certify(cfg, out_dir=tmp_path, progress=False)
+    check = report.check("posterior_shift")
+    assert np.isfinite(check.value) and "coverage" in check.detail
+    assert np.asarray(report.npe["shift"]).shape == (2, 2)
+    assert CertificationReport.load(tmp_path / "test.json").npe == json.loads(
+        json.dumps(report.npe))

@@ -102,6 +102,8 @@ class Thresholds(_Frozen):
     one_minus_r2: float = Field(0.01, gt=0, description="max 1 − r²")
     bk_ratio: float = Field(0.02, gt=0, description="max |B/B_ref − 1|")
     parameter_bias: float = Field(0.1, gt=0, description="max |δθ| in posterior σ")
+    posterior_shift: float = Field(0.1, gt=0, description="max |NPE posterior mean shift| "
+                                                          "in posterior σ")
 
 
 class ConvergenceSpec(_Frozen):
@@ -139,6 +141,19 @@ class FisherSpec(_Frozen):
     step: float = Field(0.05, gt=0, le=0.5)
 
 
+class NpeSpec(_Frozen):
+    """Parameter-level check (off by default): NPE trained on ``n_train`` runs of the
+    configuration under test, evaluated on each pair's reference and run summaries
+    (:mod:`cocasbi.certify.npe`). ``estimator`` and ``training`` are
+    :class:`cocasbi.inference.config.EstimatorConfig` / ``TrainingConfig`` fields."""
+
+    enabled: bool = False
+    n_train: int = Field(300, ge=20)
+    n_samples: int = Field(1000, ge=10, description="posterior samples per observation")
+    estimator: dict = Field(default_factory=dict)
+    training: dict = Field(default_factory=dict)
+
+
 class FarmSpec(_Frozen):
     """Run the pairs as a campaign on a Dask farm (resume, failure records) instead of in
     process."""
@@ -168,6 +183,7 @@ class CertifyConfig(_Frozen):
     thresholds: Thresholds = Thresholds()
     convergence: ConvergenceSpec = ConvergenceSpec()
     fisher: FisherSpec = FisherSpec()
+    npe: NpeSpec = NpeSpec()
     threads: int = Field(0, ge=0, description="FFT/numba threads per simulation; 0 = all")
     farm: FarmSpec = FarmSpec()
     output: OutputSpec = OutputSpec()

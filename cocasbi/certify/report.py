@@ -31,7 +31,8 @@ class CertificationReport:
 
     ``pairs`` holds one entry per (θ, seed) with its metric arrays as lists; ``summary`` the
     mean and worst (largest |value|) over pairs per k bin / triangle; ``convergence`` the
-    ladder; ``fisher`` the parameter bias (or None); units as in
+    ladder; ``fisher`` the parameter bias and ``npe`` the NPE posterior shift and coverage (or
+    None); units as in
     :mod:`cocasbi.stats.metrics` (rms_dx [Mpc/h], rms_dv [km/s], k [h/Mpc]).
     """
 
@@ -51,6 +52,7 @@ class CertificationReport:
     summary: dict
     convergence: dict | None = None
     fisher: dict | None = None
+    npe: dict | None = None
     timing: dict = field(default_factory=dict)
     config: dict = field(default_factory=dict)
     provenance: dict = field(default_factory=dict)
@@ -111,6 +113,13 @@ class CertificationReport:
                 f"{p} {b:+.3f} (σ = {sg:.3g})" for p, b, sg in
                 zip(self.parameters, self.fisher["bias_sigma"], self.fisher["sigma"],
                     strict=True)) + ".")
+            lines.append("")
+        if self.npe is not None:
+            lines.append("NPE posterior mean shift (reference − run) / σ, mean |·| over pairs: "
+                         + ", ".join(f"{p} {v:.3f}" for p, v in
+                                     zip(self.parameters, self.npe["mean_abs_shift"],
+                                         strict=True))
+                         + f"; coverage on reference data {self.npe['coverage']}.")
             lines.append("")
         if self.convergence is not None:
             c = self.convergence

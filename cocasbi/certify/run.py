@@ -213,6 +213,18 @@ def certify(cfg: CertifyConfig, *, frame=None, out_dir=None, progress: bool = Tr
                             bool(np.all(b < th.parameter_bias)),
                             f"{prior.names[i]}: δθ = {fisher['bias'][i]:+.3g} "
                             f"(σ = {fisher['sigma'][i]:.3g}) at the prior centre"))
+    npe = None
+    if cfg.npe.enabled:
+        from cocasbi.certify.npe import npe_check
+
+        npe = npe_check(cfg, candidate, pairs, prior, progress)
+        shift = np.abs(np.asarray(npe["shift"]))
+        i, j = np.unravel_index(np.argmax(shift), shift.shape)
+        theta = thetas[int(pairs[i]["design_index"])]
+        checks.append(Check("posterior_shift", float(shift[i, j]), th.posterior_shift,
+                            bool(np.all(shift < th.posterior_shift)),
+                            f"{prior.names[j]} at θ = ({', '.join(f'{t:.3g}' for t in theta)})"
+                            f"; coverage 68/95 %: {npe['coverage']}"))
     t_end = time.perf_counter()
 
     keep_keys = ("rms_dx", "rms_dv", "pk_ratio", "one_minus_r2", "pk_ratio_cv",
@@ -227,7 +239,7 @@ def certify(cfg: CertifyConfig, *, frame=None, out_dir=None, progress: bool = Tr
         kmax=float(kmax), k=k.tolist(), n_modes=np.asarray(first["n_modes"]).tolist(),
         sigma_cv=np.asarray(first["sigma_cv"]).tolist(), triangles=triangles.tolist(),
         design=thetas.tolist(), pairs=pair_records, summary=summary,
-        convergence=convergence, fisher=fisher,
+        convergence=convergence, fisher=fisher, npe=npe,
         timing={"pairs_s": t_pairs - t_start, "convergence_s": t_conv - t_pairs,
                 "fisher_s": t_end - t_conv, "total_s": t_end - t_start,
                 "mean_seconds": float(np.mean([float(p["seconds"]) for p in pairs])),
