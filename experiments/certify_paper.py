@@ -78,9 +78,15 @@ def main():
                         help="paper: paper.yaml, centre and corners, one seed each")
     parser.add_argument("--runs", default=None, help="comma-separated names (default: all)")
     parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--npe", type=int, default=0, metavar="N_TRAIN",
+                        help="also train NPE on N_TRAIN runs of each configuration (slow); "
+                        "figures are then not rewritten")
     args = parser.parse_args()
     base = load_certify_config("tiny")
     runs = RUNS if args.setup == "tiny" else PAPER_RUNS
+    if args.npe:
+        base = base.model_copy(update={"npe": base.npe.model_copy(
+            update={"enabled": True, "n_train": args.npe})})
     if args.setup == "paper":
         base = base.model_copy(update={
             "simulation": "paper",
@@ -91,15 +97,20 @@ def main():
                                       "under_test": RunSpec(**runs[name])})
         report = certify(cfg, progress=True)
         write_report(report, args.out)
-        plot_report(report, FIGURES)
+        if not args.npe:
+            plot_report(report, FIGURES)
         reports[name] = report
         print(report.markdown(), flush=True)
-    compare_plot(reports, FIGURES / f"certify_{args.setup}_compare.png", args.setup)
+    if not args.npe:
+        compare_plot(reports, FIGURES / f"certify_{args.setup}_compare.png", args.setup)
     print("| run | forces | verdict | max abs P ratio-1 | max 1-r^2 | max abs B ratio-1 | "
           "rms dx [Mpc/h] | rms dv [km/s] | Fisher bias (Om, s8) [σ] | s/run |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in reports.values():
         fb = r.fisher["bias_sigma"] if r.fisher else [np.nan, np.nan]
+        if r.npe:
+            print(f"{r.under_test}: NPE mean |shift| {r.npe['mean_abs_shift']}, worst "
+                  f"{r.check('posterior_shift').value:.3f}, coverage {r.npe['coverage']}")
         print(f"| {r.under_test} | {r.pairs[0]['n_forces']} | "
               f"{'pass' if r.passed else 'FAIL ' + ','.join(r.failed)} | "
               f"{r.check('pk_ratio').value:.4f} | {r.check('one_minus_r2').value:.2e} | "
