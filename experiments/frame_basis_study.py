@@ -137,7 +137,11 @@ def plot(res, path):
                    label=f"degree {d}, held-out")
         ax[1].plot(n, [r["train"]["drift"] for r in rows], "s:", color=f"C{d}",
                    label=f"degree {d}, training")
-    ax[1].set(xscale="log", xlabel="training simulations",
+    ns = sorted({r["n_train"] for r in res["learning"]})
+    ax[1].set_xscale("log")
+    ax[1].set_xticks(ns, [str(n) for n in ns])
+    ax[1].minorticks_off()
+    ax[1].set(xlabel="training simulations",
               ylabel="drift-weighted error (rms over time)",
               title=f"learning curves (ridge {res['choice']['ridge']}, "
                     f"K = {res['choice']['K']})")

@@ -649,3 +649,19 @@ def test_collapsed_skipped_steps_equal_step_by_step(forces):
     # and the collapsed run does differ in the order of operations (it did collapse)
     if forces == "none":
         assert not np.array_equal(fast.final.positions, slow.final.positions)
+
+
+def test_shipped_paper_frame_loads_by_name():
+    """The default frame of paper.yaml: over the default prior, drift-weighted basis."""
+    emu = load_frame("paper")
+    assert emu.kind == "transfer" and emu.K == 4 and emu.basis.dual is not None
+    assert emu.model.features.degree == 2 and emu.meta["prior"] == "DEFAULT_PRIOR"
+    np.testing.assert_allclose(emu.basis.dual @ emu.basis.functions.T, np.eye(4), atol=1e-8)
+    assert shipped_frame_path("paper").stat().st_size < 100_000
+    with pytest.raises(ValueError, match="no shipped frame 'huge'"):
+        shipped_frame_path("huge")
+    # its transfer functions depend on the cosmology (the fiducial-only frame's did not)
+    k = emu.model.k_nodes[1:10]
+    lo = emu.model.transfer(k, {"Omega_m": 0.2, "sigma8": 0.65})
+    hi = emu.model.transfer(k, {"Omega_m": 0.4, "sigma8": 0.95})
+    assert np.abs(lo - hi).max() > 0.01 * np.abs(hi).max()
