@@ -17,10 +17,13 @@ fresh process per size:
   float64 and a cache of the last 4 query times (the network's own memory is not included).
 
 Numba threads and FFTW threads are ``--threads`` (0 = every core). The load average before and
-after each size is printed: other jobs on the machine inflate every figure.
+after each size is printed: other jobs on the machine inflate every figure. The CPU time of the
+same run (``time.process_time``, all threads of this process) is printed below each wall time:
+with ``--threads 1`` it is what the run would take on an otherwise idle core.
 
     python experiments/bench_engine.py [--sizes 64:128,128:128,128:256] [--repeat 3]
-                                       [--threads 0] [--memory] [--json out.json]
+                                       [--threads 0] [--memory] [--no-time]
+                                       [--json out.json]
 """
 
 from __future__ import annotations
@@ -99,46 +102,48 @@ def worker_time(n_particles: int, n_mesh: int, repeat: int, threads: int) -> dic
     sim = cfg.simulation
     cosmo = Cosmology.from_config(cfg.cosmology)
     solver = ForceSolver(sim.n_mesh, sim.box_size, cosmo.Omega_m, sim.kernel, sim.threads)
-    acc = {"forces": 0.0, "passes": 0.0}
+    acc = dict.fromkeys(("forces", "passes", "forces_cpu", "passes_cpu"), 0.0)
     force_field, particle_pass = solver.force_field, nbody._particle_pass
 
-    def timed_force_field(x):
-        t0 = time.perf_counter()
-        out = force_field(x)
-        acc["forces"] += time.perf_counter() - t0
-        return out
+    def timed(fn, key):
+        def wrapper(*args):
+            t0, c0 = time.perf_counter(), time.process_time()
+            out = fn(*args)
+            acc[key] += time.perf_counter() - t0
+            acc[key + "_cpu"] += time.process_time() - c0
+            return out
+        return wrapper
 
-    def timed_pass(*args):
-        t0 = time.perf_counter()
-        particle_pass(*args)
-        acc["passes"] += time.perf_counter() - t0
+    timed_force_field, timed_pass = timed(force_field, "forces"), timed(particle_pass, "passes")
 
     solver.force_field = timed_force_field
     nbody._particle_pass = timed_pass
     runs = []
     try:
         for r in range(repeat + 1):  # run 0 warms this size up (page cache, allocator)
-            acc["forces"] = acc["passes"] = 0.0
-            t0 = time.perf_counter()
+            acc.update(dict.fromkeys(acc, 0.0))
+            t0, c0 = time.perf_counter(), time.process_time()
             lpt = initial_conditions(cfg, cosmo, seed=r)
-            t_ic = time.perf_counter() - t0
+            t_ic, c_ic = time.perf_counter() - t0, time.process_time() - c0
             res = simulate(cfg, lpt=lpt, solver=solver)
-            total = time.perf_counter() - t0
-            run = {"total": total, "ic": t_ic, "forces": acc["forces"],
-                   "passes": acc["passes"], "n_forces": res.n_force_evaluations}
+            total, cpu = time.perf_counter() - t0, time.process_time() - c0
+            run = {"total": total, "ic": t_ic, "n_forces": res.n_force_evaluations,
+                   "total_cpu": cpu, "ic_cpu": c_ic, **acc}
             run["rest"] = total - t_ic - run["forces"] - run["passes"]
+            run["rest_cpu"] = cpu - c_ic - run["forces_cpu"] - run["passes_cpu"]
             if r:
                 runs.append(run)
     finally:
         nbody._particle_pass = particle_pass
-    # the readout alone, on the final positions (as in the last particle pass)
+    # the readout alone, on the final positions in particle order (as in the particle pass)
     with numba_threads(threads):
-        mesh, sp, order = force_field(res.final.positions)
-        out = np.empty_like(res.final.positions)
+        pos = res.final.positions
+        mesh = force_field(pos)
+        out = np.empty_like(pos)
         ts = []
         for _ in range(5):
             t0 = time.perf_counter()
-            readout_cic(mesh, sp, sim.box_size, out=out, order=order)
+            readout_cic(mesh, pos, sim.box_size, out=out)
             ts.append(time.perf_counter() - t0)
     best = min(runs, key=lambda r: r["total"])
     best["readout_each"] = min(ts)
@@ -182,6 +187,7 @@ def main(argv=None):
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--memory", action="store_true", help="also peak memory of PM/COLA/COCA")
+    ap.add_argument("--no-time", action="store_true", help="skip the timed runs")
     ap.add_argument("--json", help="write every figure to this file")
     ap.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -201,7 +207,7 @@ def main(argv=None):
     print("| particles / mesh | total [s] | ICs [s] | forces [s] | particle passes [s] "
           "(readout est.) | rest [s] | non-force share | all runs [s] | load before/after |")
     print("|---|---|---|---|---|---|---|---|---|")
-    for n_p, n_m in sizes:
+    for n_p, n_m in [] if args.no_time else sizes:
         before = _load()
         r = _run_worker("time", n_p, n_m, args.repeat, args.threads)
         report["time"][f"{n_p}:{n_m}"] = r
@@ -213,6 +219,9 @@ def main(argv=None):
               f"({share_ro:.0%} with the readout as force) | "
               f"{', '.join(f'{t:.2f}' for t in r['all_totals'])} | {before} / {_load()} |",
               flush=True)
+        print(f"| (CPU time, same run) | {r['total_cpu']:.3f} | {r['ic_cpu']:.3f} | "
+              f"{r['forces_cpu']:.3f} | {r['passes_cpu']:.3f} | {r['rest_cpu']:.3f} | "
+              f"{1 - r['forces_cpu'] / r['total_cpu']:.0%} | | |", flush=True)
     if args.memory:
         print("\nPeak memory above the warmed-up process (ru_maxrss), one 10-step run each")
         print("| particles / mesh | method | peak above base [MB] | bytes per particle |")
