@@ -11,6 +11,12 @@ a half-kick next to a skipped boundary leaves p_c unchanged, and the drift is
 
     x += [Ψ_LPT(a_{i+1}) − Ψ_LPT(a_i)] + [p_ML(a_{i+½}) + p_c] D(a_i, a_{i+1}).
 
+The verbs are not run one array statement at a time: per force evaluation, one parallel numba
+pass (:func:`_particle_pass`) reads the force mesh at every particle and applies both half-kicks
+that use it (with the LPT and frame terms) and the next drift, streaming each particle array
+once, with the floating-point operations of the formulas above in their order (bit-identical to
+one numpy statement per verb, and for any thread count).
+
 Positions [Mpc/h] (unwrapped: x − q is the displacement), momenta p = a² dx/dt / H0 [Mpc/h];
 state arrays are float64.
 """
