@@ -134,3 +134,23 @@ def test_campaign_pipeline_miniature(tmp_path):
     assert (tmp_path / "out" / "campaign" / "campaign.h5").is_file()
     ckpt = load_checkpoint(tmp_path / "out" / "estimator.pt")
     assert ckpt.names[0].startswith("log_pk[k=")
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore")
+def test_sequential_rounds(tmp_path):
+    """Two rounds on the Gaussian field: round 2 simulates at posterior draws given x_o."""
+    from cocasbi.inference.config import PipelineConfig
+    from cocasbi.inference.pipeline import run_pipeline
+
+    cfg = PipelineConfig.model_validate(
+        {**MINI, "estimator": {"model": "nsf", "embedding": "none", "num_transforms": 2,
+                               "hidden_features": 20},
+         "training": {**MINI["training"], "max_epochs": 30},
+         "sequential": {"rounds": 2, "simulations_per_round": 200}})
+    res = run_pipeline(cfg, tmp_path, progress=False, echo=lambda s: None)
+    ckpt = load_checkpoint(tmp_path / "estimator.pt")
+    assert ckpt.extra["rounds"] == 2
+    assert ckpt.members[0].summary["n_train"] + ckpt.members[0].summary["n_validation"] == 800
+    post = res.summary["parameters"]["A"]
+    assert 0.5 <= post["mean"] <= 2.0
