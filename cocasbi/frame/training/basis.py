@@ -35,12 +35,12 @@ DRIFT_RIDGE = 0.01
 
 
 def fit_time_basis(paths: Sequence[Path], K: int | None = None,
-                   drift_ridge: float = float("inf")) -> TimeBasis:
+                   drift_ridge: float = DRIFT_RIDGE) -> TimeBasis:
     """Time basis of the stored residuals of ``paths`` (all must share the query times).
 
-    K: number of functions kept (default: all n_t); drift_ridge: ∞ (default) gives the plain
-    SVD basis, a finite value the basis of the drift metric :func:`drift_metric` (averaged
-    over the runs' cosmologies), e.g. :data:`DRIFT_RIDGE`.
+    K: number of functions kept (default: all n_t); drift_ridge: the ridge of the drift
+    metric :func:`drift_metric` (averaged over the runs' cosmologies; default
+    :data:`DRIFT_RIDGE`), ∞ for the plain SVD basis (orthonormal functions).
     """
     gram, times, drift = None, None, []
     for path in paths:

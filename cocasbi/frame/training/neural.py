@@ -116,7 +116,7 @@ def train_vnet_frame(paths: Sequence[Path], out: str | Path,
     train_paths, val_paths = ((paths[:-cfg.n_val], paths[-cfg.n_val:]) if cfg.n_val
                               else (paths, []))
     features = CosmologyFeatures(degree=cfg.degree)
-    basis = fit_time_basis(train_paths, K=K, drift_ridge=DRIFT_RIDGE)  # drift-weighted loss
+    basis = fit_time_basis(train_paths, K=K)  # drift-weighted: so is the loss
     base_model = fit_transfer(train_paths, basis, features) if cfg.base == "transfer" else None
     in_scale, out_scale = _scales(train_paths, basis, base_model, cfg.density)
     if cfg.common_scale:
