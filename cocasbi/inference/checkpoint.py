@@ -22,6 +22,7 @@ from cocasbi import __version__
 from cocasbi.inference.box import box_from_dict, box_to_dict
 from cocasbi.inference.config import EstimatorConfig, TrainingConfig
 from cocasbi.inference.estimator import TrainedEstimator, make_posterior, rebuild_estimator
+from cocasbi.inference.observation import check_layout
 from cocasbi.io.atomic import atomic_path
 from cocasbi.prior import BoxPrior
 
@@ -60,19 +61,7 @@ class Checkpoint:
 
     def check_layout(self, names, k=None, what: str = "observation") -> None:
         """ValueError naming the first difference between this layout and ``names`` / ``k``."""
-        names = tuple(str(n) for n in names)
-        if names != self.names:
-            diff = next((i for i, (a, b) in enumerate(zip(names, self.names, strict=False))
-                         if a != b), min(len(names), len(self.names)))
-            got = names[diff] if diff < len(names) else "(end)"
-            want = self.names[diff] if diff < len(self.names) else "(end)"
-            raise ValueError(f"{what} summary layout differs from the estimator's: entry {diff} "
-                             f"is {got!r}, expected {want!r} ({len(names)} vs "
-                             f"{len(self.names)} entries)")
-        if k is not None and self.k is not None and not np.allclose(
-                np.asarray(k, dtype=np.float64), self.k, rtol=1e-6, atol=0):
-            raise ValueError(f"{what} k bins differ from the estimator's "
-                             f"(max |Δk| = {np.max(np.abs(np.asarray(k) - self.k)):.3g} h/Mpc)")
+        check_layout(names, k, self.names, self.k, what)
 
     def metadata(self) -> dict:
         return {"estimator": self.estimator.model_dump(mode="json"),

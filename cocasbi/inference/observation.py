@@ -45,6 +45,25 @@ class Observation:
         object.__setattr__(self, "names", tuple(str(n) for n in self.names))
 
 
+def check_layout(names, k, expected_names, expected_k, what: str = "observation") -> None:
+    """ValueError naming the first entry where ``names`` differ from ``expected_names``, or
+    the largest k difference [h/Mpc] (relative tolerance 1e-6; skipped if a k is missing)."""
+    names, expected = tuple(str(n) for n in names), tuple(expected_names)
+    if names != expected:
+        diff = next((i for i, (a, b) in enumerate(zip(names, expected, strict=False))
+                     if a != b), min(len(names), len(expected)))
+        got = names[diff] if diff < len(names) else "(end)"
+        want = expected[diff] if diff < len(expected) else "(end)"
+        raise ValueError(f"{what} summary layout differs from the estimator's: entry {diff} "
+                         f"is {got!r}, expected {want!r} ({len(names)} vs {len(expected)} "
+                         "entries)")
+    if k is not None and expected_k is not None:
+        k, expected_k = np.asarray(k, dtype=np.float64), np.asarray(expected_k, np.float64)
+        if k.shape != expected_k.shape or not np.allclose(k, expected_k, rtol=1e-6, atol=0):
+            raise ValueError(f"{what} k bins differ from the estimator's (max |Δk| = "
+                             f"{np.max(np.abs(k - expected_k)):.3g} h/Mpc)")
+
+
 def save_observation(path: str | Path, obs: Observation) -> Path:
     """Write ``obs`` to HDF5 atomically."""
     path = Path(path)

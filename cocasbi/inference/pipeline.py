@@ -37,6 +37,7 @@ from cocasbi.inference.diagnostics import plot_diagnostics, run_diagnostics, wri
 from cocasbi.inference.estimator import train_estimators
 from cocasbi.inference.observation import (
     Observation,
+    check_layout,
     load_observation,
     mock_observation,
     reference_model,
@@ -263,6 +264,7 @@ def run_pipeline(cfg: PipelineConfig, directory: str | Path | None = None, *,
     echo(f"simulations: {data.report}")
     train, test = split_held_out(data, cfg.n_test, cfg.training.min_simulations)
     obs = stages.run("observe", _observe, cfg, directory, data, base)
+    check_layout(obs.names, obs.k, data.names, data.k)  # before any training
     ckpt = stages.run("train", _train, cfg, directory, train, obs, progress, base)
     ckpt.check_layout(obs.names, obs.k)
     posterior = ckpt.posterior()
