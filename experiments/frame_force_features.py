@@ -9,7 +9,10 @@ responds to. Each input gets its own isotropic transfer functions (degree-1 cosm
 polynomial), fitted exactly from the per-run moments (:mod:`cocasbi.frame.training.moments`).
 Time basis: drift-weighted, ridge 0.01, K = 4 (the choice of ``frame_basis_study.py``).
 
-    python experiments/frame_force_features.py TRAIN TEST N_TRAIN RESULTS.json
+    python experiments/frame_force_features.py TRAIN TEST N_TRAIN RESULTS.json [A1,A2,...]
+
+(the optional last argument replaces the times of the force inputs, default 0.5,1.0; every
+contiguous run of them is tried)
 """
 
 from __future__ import annotations
@@ -39,23 +42,23 @@ N_MESH = 128
 RIDGE, K = 0.01, 4
 
 
-def force_inputs(path) -> list[np.ndarray]:
+def force_inputs(path, a_force) -> list[np.ndarray]:
     s = read_sample(path, residual=False)
     c = Cosmology(**s.cosmology)
     n, box = s.n, s.box_size
     q = lagrangian_grid(n, box, N_MESH)
     p1, p2 = s.psi1.reshape(-1, 3).astype(np.float64), s.psi2.reshape(-1, 3).astype(np.float64)
     solver = ForceSolver(N_MESH, box, c.Omega_m)
-    return [solver(q + c.D1(a) * p1 + c.D2(a) * p2) for a in A_FORCE]
+    return [solver(q + c.D1(a) * p1 + c.D2(a) * p2) for a in a_force]
 
 
-def moments(paths, cache: Path) -> list[SimMoments]:
+def moments(paths, cache: Path, a_force) -> list[SimMoments]:
     cache.mkdir(parents=True, exist_ok=True)
     out = []
     for p in paths:
         f = cache / f"{p.stem}.npz"
         if not f.exists():
-            sample_moments(p, extra=force_inputs(p)).save(f)
+            sample_moments(p, extra=force_inputs(p, a_force)).save(f)
         out.append(SimMoments.load(f))
     return out
 
@@ -65,15 +68,22 @@ def sources(m: SimMoments, idx) -> SimMoments:
     return replace(m, cross=m.cross[np.ix_(idx, idx)], vec=m.vec[:, idx])
 
 
-def main(train_dir, test_dir, n_train, out_json):
-    train = moments(list_samples(train_dir)[: int(n_train)], Path(train_dir) / "moments_force")
-    test = moments(list_samples(test_dir), Path(test_dir) / "moments_force")
+def main(train_dir, test_dir, n_train, out_json, a_force=None):
+    a_force = tuple(float(a) for a in a_force.split(",")) if a_force else A_FORCE
+    tag = "moments_force" + ("" if a_force == A_FORCE else "_" + "_".join(map(str, a_force)))
+    train = moments(list_samples(train_dir)[: int(n_train)], Path(train_dir) / tag, a_force)
+    test = moments(list_samples(test_dir), Path(test_dir) / tag, a_force)
     metric = drift_metric(np.mean([m.drift for m in train], axis=0), RIDGE)
     basis = weighted_basis(sum(m.gram for m in train), train[0].times, metric).truncated(K)
     feats = CosmologyFeatures(degree=1)
-    sets = {"psi1+psi2": (0, 1), "+F(a=1)": (0, 1, 3), "+F(a=0.5)": (0, 1, 2),
-            "+F(a=0.5)+F(a=1)": (0, 1, 2, 3)}
-    res = {"n_train": len(train), "a_force": A_FORCE, "ridge": RIDGE, "K": K, "inputs": {}}
+    n_f = len(a_force)
+    sets = {"psi1+psi2": (0, 1)}
+    for r in range(1, n_f + 1):  # every contiguous run of force times
+        for first in range(n_f - r + 1):
+            idx = tuple(range(first, first + r))
+            name = "+" + "+".join(f"F(a={a_force[i]:g})" for i in idx)
+            sets[name] = (0, 1, *(2 + i for i in idx))
+    res = {"n_train": len(train), "a_force": a_force, "ridge": RIDGE, "K": K, "inputs": {}}
     for name, idx in sets.items():
         tr = [sources(m, idx) for m in train]
         te = [sources(m, idx) for m in test]
@@ -89,4 +99,4 @@ def main(train_dir, test_dir, n_train, out_json):
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:5])
+    main(*sys.argv[1:6])

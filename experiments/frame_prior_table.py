@@ -135,5 +135,37 @@ def main(frame, test_dir, out_json, fig):
     plot(results, fig)
 
 
+def markdown(results) -> str:
+    """The table of docs/coca.md: means over the cosmologies (min–max of rms Δx)."""
+    cs = results["cosmologies"]
+
+    def row(label, runs):
+        dx = [r["rms_dx"] for r in runs]
+        return (f"| {label} | {np.mean(dx):.2f} ({min(dx):.2f}–{max(dx):.2f}) | "
+                f"{np.mean([r['pk_0.5'] for r in runs]):+.1%} | "
+                f"{np.mean([r['pk_1'] for r in runs]):+.1%} | "
+                f"{np.mean([r['r2_0.5'] for r in runs]):.3g} | "
+                f"{np.mean([r['r2_1'] for r in runs]):.3g} | "
+                f"{np.median([r['seconds'] for r in runs]):.2f} |")
+
+    lines = ["| run | rms Δx [Mpc/h] | ΔP/P k=0.5 | ΔP/P k=1 | 1−r² k=0.5 | 1−r² k=1 | wall [s] |",
+             "|---|---|---|---|---|---|---|"]
+    for n in cs[0]["coca"]:
+        lines.append(row(f"COCA, {n} forces", [c["coca"][n] for c in cs]))
+    for n in cs[0]["cola"]:
+        lines.append(row(f"COLA-{n}", [c["cola"][n] for c in cs]))
+    for n in cs[0]["coca"]:
+        lines.append(row(f"COLA at COCA-{n}'s wall time", [c["equal_time"][n] for c in cs]))
+    fe = [c["frame_error"] for c in cs if "frame_error" in c]
+    if fe:
+        lines.append("")
+        lines.append("frame error (drift-weighted, rms over time) per cosmology: "
+                     + ", ".join(f"{e['drift']:.3f}" for e in fe))
+    return "\n".join(lines)
+
+
 if __name__ == "__main__":
-    main(*sys.argv[1:5])
+    if sys.argv[1] == "--markdown":
+        print(markdown(json.loads(Path(sys.argv[2]).read_text())))
+    else:
+        main(*sys.argv[1:5])
