@@ -5,6 +5,7 @@ accuracy (C2ST, moments) vs training-set size, pipeline stage times, NPE vs Fish
     python experiments/bench_inference.py accuracy          # known answer vs n
     python experiments/bench_inference.py pipeline DIR      # stage times of a finished run
     python experiments/bench_inference.py fisher DIR        # NPE widths vs Fisher forecast
+    python experiments/bench_inference.py replot            # redraw the known-answer figure
 
 Results go to docs/figures/inference_bench_*.json and docs/figures/inference_*.png.
 Timing uses the Gaussian-field model with 9 bins (the default log_pk summary length of
@@ -121,6 +122,9 @@ def plot_accuracy(rows):
     for ax, lab in zip(axes, ("C2ST accuracy", "|Δmean| / σ_exact", "|σ/σ_exact − 1|"),
                        strict=True):
         ax.set_xscale("log")
+        sizes = sorted({r["n"] for r in rows})
+        ax.set_xticks(sizes, [str(n) for n in sizes])
+        ax.minorticks_off()
         ax.set_xlabel("training simulations")
         ax.set_ylabel(lab)
     axes[0].legend()
@@ -128,6 +132,11 @@ def plot_accuracy(rows):
                  fontsize=9)
     fig.tight_layout()
     fig.savefig(OUT / "inference_known_answer.png", dpi=110)
+
+
+def replot():
+    """Redraw the known-answer figure from its JSON."""
+    plot_accuracy(json.loads((OUT / "inference_bench_accuracy.json").read_text()))
 
 
 def pipeline(directory):
@@ -173,5 +182,6 @@ def fisher(directory, radius=0.35):
 
 if __name__ == "__main__":
     what = sys.argv[1] if len(sys.argv) > 1 else "timing"
-    {"timing": timing, "accuracy": accuracy, "pipeline": pipeline, "fisher": fisher}[what](
+    {"timing": timing, "accuracy": accuracy, "pipeline": pipeline, "fisher": fisher,
+     "replot": replot}[what](
         *sys.argv[2:])
