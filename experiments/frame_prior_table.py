@@ -85,22 +85,25 @@ def cola_at(entry: dict, seconds: float) -> dict:
     return {"steps": int(n), **r}
 
 
-def plot(results, path):
+def plot(results, path, cost=None):
+    """Errors against cost: the run's wall time, or with ``cost`` (frame_cost.py's results)
+    the best-of-3 CPU time of the same run at the fiducial point."""
     fig, ax = plt.subplots(1, 3, figsize=(14, 4.2))
     for i, c in enumerate(results["cosmologies"]):
         col = f"C{i}"
         lab = f"Ωm {c['theta']['Omega_m']:.3f}, σ8 {c['theta']['sigma8']:.3f}"
         for method, style in (("cola", "s--"), ("coca", "o-")):
             runs = list(c[method].values())
-            sec = [r["seconds"] for r in runs]
+            sec = ([cost[method][n]["cpu_s"] for n in c[method]] if cost
+                   else [r["seconds"] for r in runs])
             for a, key in zip(ax, ("rms_dx", "pk_1", "r2_1"), strict=True):
                 y = [abs(r[key]) for r in runs]
                 a.plot(sec, y, style, color=col, ms=4,
                        label=lab if (method == "coca" and key == "rms_dx") else None)
     for a, lab in zip(ax, ("rms Δx [Mpc/h]", "|P/P_ref − 1| at k = 1 h/Mpc",
                            "1 − r² at k = 1 h/Mpc"), strict=True):
-        a.set(xlabel="wall time [s] (ICs + frame + stepping)", ylabel=lab, xscale="log",
-              yscale="log")
+        a.set(xlabel=("CPU time [s], best of 3" if cost else "wall time [s]")
+              + " (ICs + frame + stepping)", ylabel=lab, xscale="log", yscale="log")
     ax[0].set_title("COCA (o, solid: 0/1/2/4 forces) vs COLA (s, dashed: 1…20 steps)",
                     fontsize=9)
     ax[0].legend(fontsize=7)
@@ -165,7 +168,10 @@ def markdown(results) -> str:
 
 
 if __name__ == "__main__":
-    if sys.argv[1] == "--markdown":
+    if sys.argv[1] == "--plot":  # --plot RESULTS.json COST.json FIGURE.png
+        plot(json.loads(Path(sys.argv[2]).read_text()), sys.argv[4],
+             json.loads(Path(sys.argv[3]).read_text()))
+    elif sys.argv[1] == "--markdown":
         print(markdown(json.loads(Path(sys.argv[2]).read_text())))
     else:
         main(*sys.argv[1:5])
