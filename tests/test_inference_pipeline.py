@@ -52,6 +52,9 @@ def test_pipeline_end_to_end_and_resume(mini_run):
     assert summary["n_train"] == 600 and summary["n_test"] == 40
     assert json.loads((out / "diagnostics.json").read_text())["verdict"] in ("pass", "fail")
     assert "| A |" in (out / "report.md").read_text()
+    exact = summary["exact"]  # the known answer of the Gaussian field
+    assert abs(post["mean"] - exact["mean"]) < 0.5 * exact["std"]
+    assert abs(post["std"] / exact["std"] - 1) < 0.3
     weights = (out / "estimator.pt").read_bytes()
     second = _invoke("pipeline", config, "-d", out, "--no-progress")
     assert second.exit_code == 0, second.output

@@ -45,7 +45,7 @@ from cocasbi.inference.observation import (
 )
 from cocasbi.inference.posterior import corner_plot, sample_posterior, summarize
 from cocasbi.io.atomic import atomic_path
-from cocasbi.seeds import design_seed, simulation_seed
+from cocasbi.seeds import Stream, design_seed, simulation_seed, stream_seed
 
 
 @dataclass
@@ -273,10 +273,18 @@ def run_pipeline(cfg: PipelineConfig, directory: str | Path | None = None, *,
         samples = sample_posterior(posterior, obs.x, cfg.n_samples, cfg.master_seed, call=0)
         summ = summarize(samples, ckpt.parameters, obs.theta, cfg.credibility)
         title = f"{cfg.name}: NPE ({cfg.estimator.model}), {len(train)} simulations"
-        corner_plot(summ, directory / "corner.png", prior=ckpt.prior, title=title)
+        reference = None
+        if cfg.gaussian_field is not None:  # the known answer, drawn from its own stream
+            exact = cfg.gaussian_field.model().exact_posterior(obs.x)
+            rng = np.random.default_rng(stream_seed(cfg.master_seed, Stream.POSTERIOR, 2))
+            reference = exact.sample(cfg.n_samples, rng)
+            known["exact"] = dict(zip(("mean", "std"), exact.moments(), strict=True))
+        corner_plot(summ, directory / "corner.png", prior=ckpt.prior, title=title,
+                    reference=reference, reference_label="exact")
         np.save(directory / "posterior_samples.npy", samples.astype(np.float32))
         return summ, False
 
+    known: dict = {}
     summ = stages.run("sample", sample)
 
     def diagnose():
@@ -295,7 +303,7 @@ def run_pipeline(cfg: PipelineConfig, directory: str | Path | None = None, *,
                             None if diag is None else ("pass" if diag.passed else "fail"))
     summary = {"name": cfg.name, "data": data.report.to_dict(), "n_train": len(train),
                "n_test": len(test), "training": [m.summary for m in ckpt.members],
-               "posterior": result.summary, "diagnostics": None if diag is None else
+               "posterior": result.summary, **known, "diagnostics": None if diag is None else
                diag.to_dict(), "timings_s": stages.timings, "reused": stages.reused}
     with atomic_path(directory / "summary.json") as tmp:
         tmp.write_text(json.dumps(summary, indent=1))
@@ -305,6 +313,8 @@ def run_pipeline(cfg: PipelineConfig, directory: str | Path | None = None, *,
         if "truth_percentile" in e:
             echo(f"{p}: truth {e['truth']:.4g} at percentile {e['truth_percentile']:.1f} "
                  f"(posterior {e['mean']:.4g} ± {e['std']:.3g})")
+    if "exact" in known:
+        echo(f"exact posterior: {known['exact']['mean']:.4g} ± {known['exact']['std']:.3g}")
     if result.verdict:
         echo(f"diagnostics: {result.verdict}")
     return result
@@ -326,6 +336,9 @@ def markdown_report(cfg: PipelineConfig, s: dict) -> str:
         lines.append(f"| {p} | {e.get('truth', float('nan')):.4g} | {e['mean']:.4g} | "
                      f"{e['std']:.3g} | [{iv[0]:.4g}, {iv[1]:.4g}] | "
                      f"{e.get('truth_percentile', float('nan')):.1f} |")
+    if "exact" in s:
+        lines += ["", f"Exact posterior (known-answer model): mean {s['exact']['mean']:.4g}, "
+                  f"std {s['exact']['std']:.3g}."]
     lines += ["", "![corner](corner.png)", ""]
     d = s["diagnostics"]
     if d:
