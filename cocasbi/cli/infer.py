@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import typer
 
 app = typer.Typer(help="Neural posterior estimation: pipeline, train, sample, diagnose.",
                   no_args_is_help=True)
+
+
+@app.callback()
+def _quiet():
+    """Neural posterior estimation: pipeline, train, sample, diagnose."""
+    # torch's deprecation note raised inside sbi's MDN / flows: noise, not a problem
+    warnings.filterwarnings("ignore", message=".*triangular_solve is deprecated")
 
 _CONFIG = typer.Option("tiny", "--config", "-c",
                        help="inference YAML or built-in name (tiny, field_quick)")

@@ -91,17 +91,20 @@ def _simulate_campaign(cfg: PipelineConfig, directory: Path, progress: bool, bas
 
     ccfg = _campaign_config(cfg, base)
     store = plan_campaign(ccfg, directory / "campaign")
-    merged = store.merged_path
-    reused = merged.is_file() and _all_settled(merged)
-    if not reused:
-        run_campaign(store.directory, progress=progress)
-    return training_set(merged, min_rows=2), reused
+    if _finished(store.merged_path):
+        return training_set(store.merged_path, min_rows=2), True
+    run_campaign(store.directory, progress=progress)  # resumes; retries crashed runs
+    return training_set(store.merged_path, min_rows=2), False
 
 
-def _all_settled(merged: Path) -> bool:
+def _finished(merged: Path) -> bool:
+    """A merged campaign with no simulation left to run (pending, crashed or corrupt)."""
     from cocasbi.io.campaign_store import load_campaign
 
-    return bool((load_campaign(merged).status != "pending").all())
+    if not merged.is_file():
+        return False
+    status = load_campaign(merged).status
+    return not np.isin(status, ("pending", "crashed", "corrupt")).any()
 
 
 def _simulate_field(cfg: PipelineConfig, directory: Path, progress: bool):
