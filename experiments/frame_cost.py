@@ -7,7 +7,9 @@ threads of this process, so it does not grow when other jobs take the cores; on 
 schedule, with force-free steps collapsed (default) and step by step (an observer that names
 every boundary stops the collapsing); the largest position difference between the two.
 
-    python experiments/frame_cost.py RESULTS.json
+    python experiments/frame_cost.py RESULTS.json [FRAME]
+
+(with FRAME, another frame than ``paper``, only the COCA runs are timed)
 """
 
 from __future__ import annotations
@@ -48,13 +50,13 @@ def timed(fn) -> tuple[dict, object]:
             "frame_s": float(getattr(res, "frame_seconds", 0.0))}, res
 
 
-def main(out_json):
+def main(out_json, frame=None):
     cfg = load_config("paper").replace(simulation={"final_kick": False})
     coca = cfg.replace(simulation={"method": "coca"})
-    emu = load_frame("paper")
+    emu = load_frame(frame or "paper")
     boundaries = TimeSchedule.from_config(cfg.simulation).boundaries
     res = {"repeat": REPEAT, "cola": {}, "coca": {}, "coca_step_by_step": {}}
-    for n in COLA_STEPS:
+    for n in COLA_STEPS if frame is None else ():
         res["cola"][n], _ = timed(lambda n=n: simulate(
             cfg.replace(simulation={"n_steps": n}), seed=1))
         print("cola", n, res["cola"][n], flush=True)
@@ -71,4 +73,4 @@ def main(out_json):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(*sys.argv[1:3])

@@ -24,7 +24,6 @@ from pathlib import Path
 
 import numpy as np
 
-from cocasbi.cosmology import Cosmology
 from cocasbi.frame.training.basis import drift_metric, relative_errors, weighted_basis
 from cocasbi.frame.training.data import list_samples, read_sample
 from cocasbi.frame.training.moments import (
@@ -33,9 +32,7 @@ from cocasbi.frame.training.moments import (
     model_error_gram,
     sample_moments,
 )
-from cocasbi.frame.transfer import CosmologyFeatures
-from cocasbi.gravity import ForceSolver
-from cocasbi.ic import lagrangian_grid
+from cocasbi.frame.transfer import CosmologyFeatures, lpt_forces
 
 A_FORCE = (0.5, 1.0)  # times of the LPT positions whose PM force is an input
 N_MESH = 128
@@ -44,12 +41,7 @@ RIDGE, K = 0.01, 4
 
 def force_inputs(path, a_force) -> list[np.ndarray]:
     s = read_sample(path, residual=False)
-    c = Cosmology(**s.cosmology)
-    n, box = s.n, s.box_size
-    q = lagrangian_grid(n, box, N_MESH)
-    p1, p2 = s.psi1.reshape(-1, 3).astype(np.float64), s.psi2.reshape(-1, 3).astype(np.float64)
-    solver = ForceSolver(N_MESH, box, c.Omega_m)
-    return [solver(q + c.D1(a) * p1 + c.D2(a) * p2) for a in a_force]
+    return lpt_forces(s.psi1, s.psi2, s.box_size, s.cosmology, a_force, N_MESH // s.n)
 
 
 def moments(paths, cache: Path, a_force) -> list[SimMoments]:

@@ -122,7 +122,7 @@ def main(frame, test_dir, out_json, fig):
             seed_json = f.attrs["seed_json"]
         entry = {"theta": theta, "seed": json.loads(seed_json)}
         mpath = Path(test_dir) / "moments" / f"{p.stem}.npz"
-        if mpath.exists():
+        if mpath.exists() and emu.model.n_sources == 2:
             entry["frame_error"] = frame_error(emu, SimMoments.load(mpath))
         entry.update(run_cosmology(cfg0.replace(cosmology=theta), emu, s.seed))
         entry["equal_time"] = {n: cola_at(entry, r["seconds"]) for n, r in entry["coca"].items()}

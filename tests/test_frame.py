@@ -665,3 +665,45 @@ def test_shipped_paper_frame_loads_by_name():
     lo = emu.model.transfer(k, {"Omega_m": 0.2, "sigma8": 0.65})
     hi = emu.model.transfer(k, {"Omega_m": 0.4, "sigma8": 0.95})
     assert np.abs(lo - hi).max() > 0.01 * np.abs(hi).max()
+
+
+def test_force_input_frame_predicts_what_its_moments_fit(small_data, tmp_path):
+    """A transfer frame with the PM force at the LPT positions as a third input: the runtime
+    model recomputes the force itself, and its error on a held-out run is the one the
+    moments give; the file round trip keeps the force times and rejects bad ones."""
+    from dataclasses import replace as dc_replace
+
+    from cocasbi.frame.files import transfer_from
+    from cocasbi.frame.training.moments import sample_moments
+    from cocasbi.frame.transfer import lpt_forces
+
+    _, paths = small_data
+    mom = []
+    for p in paths:
+        s = read_sample(p, residual=False)
+        mom.append(sample_moments(p, extra=lpt_forces(s.psi1, s.psi2, s.box_size, s.cosmology,
+                                                      (0.5,))))
+    assert mom[0].cross.shape[:2] == (3, 3)
+    basis = fit_time_basis(paths[:2], K=2)
+    f = CosmologyFeatures(degree=0)
+    tau_t = fit_per_time(mom[:2], f)
+    model = project_model(tau_t, basis, f, mom[0].box_size, 2, force_times=(0.5,))
+    emu = load_frame(FrameEmulator("transfer", basis, model, {}).save(tmp_path / "f.npz"))
+    assert emu.model.force_times == (0.5,) and emu.model.tau.shape[0] == 3
+    s = read_sample(paths[2])
+    c = emu.model.predict(s.psi1.reshape(-1, 3), s.psi2.reshape(-1, 3), s.box_size,
+                          s.cosmology)
+    d = (s.residual.reshape(len(s.times), -1).astype(np.float64)
+         - np.tensordot(basis.functions.T, c, axes=(1, 0)).reshape(len(s.times), -1))
+    err = model_error_gram(mom[2], tau_t, f, basis) / s.n**3
+    np.testing.assert_allclose(err, d @ d.T, rtol=1e-4, atol=1e-6 * np.trace(d @ d.T))
+    # the force input makes a difference against the same fit without it
+    two = [dc_replace(m, cross=m.cross[:2, :2], vec=m.vec[:, :2]) for m in mom]
+    err2 = model_error_gram(two[2], fit_per_time(two[:2], f), f, basis)
+    assert not np.allclose(np.trace(err2), np.trace(err) * s.n**3, rtol=1e-3)
+    bad = {**model.to_dict(), "force_times": np.array([1.5])}
+    with pytest.raises(ValueError, match="force_times"):
+        transfer_from(bad, 2)
+    wrong = {**model.to_dict(), "force_times": np.array([0.5, 1.0])}
+    with pytest.raises(ValueError, match="tau"):
+        transfer_from(wrong, 2)

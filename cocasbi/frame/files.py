@@ -11,12 +11,14 @@ key                    dtype, shape                meaning
 ``basis_eigenvalues``  float, (n_t,)               Gram eigenvalues [(Mpc/h)²]
 ``basis_dual``         float, (K, n_t), optional   projection functions of a weighted basis
 ``k_nodes``            float, (J,)                 transfer-function nodes [h/Mpc]
-``tau``                float, (2, K, P, J)         transfer coefficients (P cosmology features)
+``tau``                float, (2+F, K, P, J)       transfer coefficients (P cosmology features)
 ``feature_names``      str, (F,)                   cosmological parameters of the features
 ``feature_centre``     float, (F,)                 normalisation centre
 ``feature_scale``      float, (F,)                 normalisation scale (> 0)
 ``feature_degree``     int, ()                     polynomial degree (0, 1, 2)
 ``n_fit_sims``         int, ()                     simulations in the fit
+``force_times``        float, (F,), optional       scale factors of the force inputs
+``force_mesh``         int, (), optional           their mesh cells per particle and side
 =====================  ==========================  ============================================
 
 A V-net frame is a model file (:mod:`cocasbi.frame.checkpoint`) whose ``extra`` holds the
@@ -42,7 +44,7 @@ from cocasbi.io.atomic import atomic_path
 FRAME_FORMAT = 1
 BASIS_KEYS = ("basis_times", "basis_functions", "basis_eigenvalues", "basis_dual")
 TRANSFER_KEYS = ("k_nodes", "tau", "feature_names", "feature_centre", "feature_scale",
-                 "feature_degree", "n_fit_sims")
+                 "feature_degree", "n_fit_sims", "force_times", "force_mesh")
 _KINDS = {"f": "float", "i": "int", "U": "str"}
 
 
@@ -111,10 +113,17 @@ def transfer_from(d: Mapping, K: int) -> TransferModel:
     n_fit = array(d, "n_fit_sims", "i", 0)
     if len(k_nodes) < 2 or np.any(np.diff(k_nodes) <= 0):
         raise ValueError("entry 'k_nodes' must hold at least 2 increasing wavenumbers")
-    expected = (2, K, features.size, len(k_nodes))
+    times, mesh = (), 2
+    if d.get("force_times") is not None:
+        times = tuple(float(a) for a in array(d, "force_times", "f", 1))
+        mesh = int(array(d, "force_mesh", "i", 0))
+        if not times or any(not 0 < a <= 1 for a in times) or not 1 <= mesh <= 8:
+            raise ValueError("entries 'force_times' must lie in (0, 1] and 'force_mesh' in "
+                             "1..8")
+    expected = (2 + len(times), K, features.size, len(k_nodes))
     if tau.shape != expected:
         raise ValueError(f"entry 'tau' has shape {tau.shape}, expected {expected}")
-    return TransferModel(k_nodes, tau, features, int(n_fit))
+    return TransferModel(k_nodes, tau, features, int(n_fit), times, mesh)
 
 
 def meta_from(value) -> dict:

@@ -96,50 +96,84 @@ def _mode_geometry(n: int):
     return u, w
 
 
+def lpt_forces(psi1: np.ndarray, psi2: np.ndarray, box_size: float,
+               cosmology: dict[str, float], times, mesh_ratio: int = 2) -> list[np.ndarray]:
+    """PM forces at the 2LPT positions q + D1(a)Ψ1 + D2(a)Ψ2 for each a in ``times``, read
+    back on the Lagrangian lattice: (N³, 3) float64 each (the force of
+    :class:`cocasbi.gravity.ForceSolver`, mesh ``mesh_ratio`` N per side). Nonlinear inputs
+    of a transfer frame (one force evaluation each)."""
+    from cocasbi.cosmology import Cosmology
+    from cocasbi.gravity import ForceSolver
+    from cocasbi.ic import lagrangian_grid
+
+    p1 = np.asarray(psi1, dtype=np.float64).reshape(-1, 3)
+    p2 = np.asarray(psi2, dtype=np.float64).reshape(-1, 3)
+    n = round((p1.size / 3) ** (1 / 3))
+    c = Cosmology(**{k: v for k, v in cosmology.items() if k in PARAMETERS})
+    q = lagrangian_grid(n, box_size, mesh_ratio * n)
+    solver = ForceSolver(mesh_ratio * n, box_size, c.Omega_m)
+    return [solver(q + c.D1(a) * p1 + c.D2(a) * p2) for a in times]
+
+
 @dataclass
 class TransferModel:
     """Fitted transfer functions.
 
-    k_nodes: (J,) node wavenumbers [h/Mpc]; tau: (2, K, P, J) coefficients (s = 0: Ψ1,
-    s = 1: Ψ2; K basis functions; P cosmology features); features: the θ polynomial.
+    k_nodes: (J,) node wavenumbers [h/Mpc]; tau: (S, K, P, J) coefficients (s = 0: Ψ1,
+    s = 1: Ψ2, s = 2…: the PM forces at the LPT positions at ``force_times``, see
+    :func:`lpt_forces`; K basis functions; P cosmology features); features: the θ
+    polynomial; force_mesh: mesh cells per particle and side of those forces.
     """
 
     k_nodes: np.ndarray
     tau: np.ndarray
     features: CosmologyFeatures
     n_fit_sims: int = 0
+    force_times: tuple[float, ...] = ()
+    force_mesh: int = 2
 
     @property
     def K(self) -> int:
         return self.tau.shape[1]
 
+    @property
+    def n_sources(self) -> int:
+        return self.tau.shape[0]
+
     def transfer(self, k, cosmology: dict[str, float]) -> np.ndarray:
-        """T_s,k(|k|; θ) at wavenumbers k [h/Mpc] → (2, K, len(k)), dimensionless."""
-        node_vals = np.tensordot(self.tau, self.features(cosmology), axes=(2, 0))  # (2, K, J)
+        """T_s,k(|k|; θ) at wavenumbers k [h/Mpc] → (S, K, len(k)), dimensionless."""
+        node_vals = np.tensordot(self.tau, self.features(cosmology), axes=(2, 0))  # (S, K, J)
         k = np.asarray(k, dtype=np.float64)
         return np.stack([[np.interp(k, self.k_nodes, node_vals[s, c]) for c in range(self.K)]
-                         for s in range(2)])
+                         for s in range(self.n_sources)])
 
     def predict(self, psi1: np.ndarray, psi2: np.ndarray, box_size: float,
                 cosmology: dict[str, float]) -> np.ndarray:
-        """Coefficient fields c_k (K, N³, 3) float64 [Mpc/h] from Ψ1, Ψ2 ((N³, 3), [Mpc/h])."""
+        """Coefficient fields c_k (K, N³, 3) float64 [Mpc/h] from Ψ1, Ψ2 ((N³, 3), [Mpc/h])
+        (and the forces at the LPT positions, if the model has force inputs)."""
         n = round((np.asarray(psi1).size / 3) ** (1 / 3))
-        p1, p2 = _rfft_fields(psi1, n), _rfft_fields(psi2, n)
+        extra = (lpt_forces(psi1, psi2, box_size, cosmology, self.force_times, self.force_mesh)
+                 if self.force_times else [])
+        fields = [_rfft_fields(f, n) for f in (psi1, psi2, *extra)]
         u, _ = _mode_geometry(n)
         k = u * (2 * np.pi / box_size)
-        t = self.transfer(k.ravel(), cosmology).reshape(2, self.K, *u.shape)
+        t = self.transfer(k.ravel(), cosmology).reshape(self.n_sources, self.K, *u.shape)
         out = np.empty((self.K, n, n, n, 3))
         for c in range(self.K):
-            modes = t[0, c] * p1 + t[1, c] * p2
+            modes = sum(t[s, c] * f for s, f in enumerate(fields))
             out[c] = np.moveaxis(np.fft.irfftn(modes, s=(n, n, n), axes=(1, 2, 3)), 0, -1)
         return out.reshape(self.K, n**3, 3)
 
     def to_dict(self) -> dict:
         f = self.features
-        return {"k_nodes": self.k_nodes, "tau": self.tau,
-                "feature_names": np.array(f.names), "feature_centre": np.array(f.centre),
-                "feature_scale": np.array(f.scale), "feature_degree": np.array(f.degree),
-                "n_fit_sims": np.array(self.n_fit_sims)}
+        d = {"k_nodes": self.k_nodes, "tau": self.tau,
+             "feature_names": np.array(f.names), "feature_centre": np.array(f.centre),
+             "feature_scale": np.array(f.scale), "feature_degree": np.array(f.degree),
+             "n_fit_sims": np.array(self.n_fit_sims)}
+        if self.force_times:
+            d["force_times"] = np.array(self.force_times, dtype=np.float64)
+            d["force_mesh"] = np.array(self.force_mesh)
+        return d
 
     @classmethod
     def from_dict(cls, d) -> TransferModel:
@@ -147,5 +181,7 @@ class TransferModel:
                                   tuple(float(x) for x in d["feature_centre"]),
                                   tuple(float(x) for x in d["feature_scale"]),
                                   int(d["feature_degree"]))
+        times = tuple(float(x) for x in d["force_times"]) if "force_times" in d else ()
         return cls(np.asarray(d["k_nodes"], dtype=np.float64),
-                   np.asarray(d["tau"], dtype=np.float64), feats, int(d["n_fit_sims"]))
+                   np.asarray(d["tau"], dtype=np.float64), feats, int(d["n_fit_sims"]),
+                   times, int(d["force_mesh"]) if "force_mesh" in d else 2)

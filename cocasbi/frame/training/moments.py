@@ -138,11 +138,15 @@ def fit_per_time(moments: Sequence[SimMoments], features: CosmologyFeatures,
 
 
 def project_model(tau_t: np.ndarray, basis: TimeBasis, features: CosmologyFeatures,
-                  box_size: float, n_fit_sims: int) -> TransferModel:
-    """The transfer model of the K coefficient fields of ``basis`` from per-time τ."""
+                  box_size: float, n_fit_sims: int,
+                  force_times: tuple[float, ...] = ()) -> TransferModel:
+    """The transfer model of the K coefficient fields of ``basis`` from per-time τ
+    (sources beyond Ψ1, Ψ2: the forces at the LPT positions at ``force_times``)."""
+    if tau_t.shape[1] != 2 + len(force_times):
+        raise ValueError(f"{tau_t.shape[1]} sources for {len(force_times)} force times")
     tau = np.einsum("kt,tspj->skpj", basis.projector, tau_t)
     k_nodes = np.arange(tau_t.shape[-1]) * (2 * np.pi / box_size)
-    return TransferModel(k_nodes, tau, features, n_fit_sims)
+    return TransferModel(k_nodes, tau, features, n_fit_sims, tuple(force_times))
 
 
 def model_error_gram(m: SimMoments, tau_t: np.ndarray, features: CosmologyFeatures,
