@@ -131,8 +131,9 @@ def _field_data(model, theta, x) -> TrainingData:
 
 
 def split_held_out(data: TrainingData, n_test: int, min_train: int):
-    """(train, held-out): the rows of the last ``n_test`` plan indices are held out."""
-    cut = int(data.index.max()) + 1 - n_test if len(data) else 0
+    """(train, held-out): the rows of the last ``n_test`` plan indices are held out (fewer
+    held-out rows when some of those simulations failed)."""
+    cut = data.report.n_total - n_test
     test = np.flatnonzero(data.index >= cut)
     train = np.flatnonzero(data.index < cut)
     if len(train) < min_train:
