@@ -263,3 +263,19 @@ def test_ensemble_members_differ_and_round_trip(small_model, tmp_path):
     s2 = sample_posterior(back.posterior(), x, 200, master_seed=1)
     np.testing.assert_allclose(s1, s2, rtol=1e-5)
     assert ((s1 >= 0.5) & (s1 <= 2.0)).all()
+
+
+def test_held_out_rows_are_the_last_plan_indices():
+    from cocasbi.inference.pipeline import split_held_out
+
+    rng = np.random.default_rng(2)
+    theta = DEFAULT_PRIOR.design(20, rng)
+    status = np.array(["ok"] * 20, dtype=object)
+    status[[3, 18, 19]] = "error"
+    data = from_arrays(theta, rng.normal(size=(20, 2)), parameters=DEFAULT_PRIOR.names,
+                       names=["a", "b"], prior=DEFAULT_PRIOR, status=status)
+    train, test = split_held_out(data, 5, min_train=2)
+    np.testing.assert_array_equal(test.index, [15, 16, 17])
+    assert 3 not in train.index and len(train) == 14 and train.index.max() == 14
+    with pytest.raises(ValueError, match="only 14 usable training simulations"):
+        split_held_out(data, 5, min_train=15)
