@@ -13,6 +13,8 @@ spawn key                        stream
 ``(Stream.POSTERIOR, j)``        inference: posterior sampling and diagnostics, call j
 ``(Stream.OBSERVATION, j)``      initial phases of mock observation ``j`` (held out)
 ``(Stream.CERTIFY, j)``          certification: initial phases of paired run ``j`` (held out)
+``(Stream.ROUND, r)``            master seed of the campaign of sequential round ``r`` (its own
+                                 tree: :func:`derived_master_seed`)
 ===============================  =============================================================
 
 The purpose tags are ``>= 2**31``, outside the range of simulation indices, so no two streams
@@ -37,6 +39,7 @@ class Stream(IntEnum):
     POSTERIOR = 2**31 + 3
     OBSERVATION = 2**31 + 4
     CERTIFY = 2**31 + 5
+    ROUND = 2**31 + 6
 
 
 def _check_master(master_seed) -> int:
@@ -63,6 +66,13 @@ def stream_seed(master_seed: int, stream: Stream, index: int = 0) -> np.random.S
     """Stream ``(stream, index)`` of the tree (see the table in the module docstring)."""
     return np.random.SeedSequence(_check_master(master_seed),
                                   spawn_key=(int(Stream(stream)), int(index)))
+
+
+def derived_master_seed(master_seed: int, stream: Stream, index: int = 0) -> int:
+    """A new master seed (an int in [0, 2**63)) drawn from stream ``(stream, index)``, for a
+    campaign that must not share any stream with its parent (e.g. a sequential round)."""
+    word = stream_seed(master_seed, stream, index).generate_state(2, np.uint32)
+    return int(word[0]) << 31 | int(word[1]) >> 1
 
 
 def as_seed_sequence(seed) -> np.random.SeedSequence:

@@ -103,3 +103,15 @@ def test_sbi_box_uniform_has_the_same_support():
     assert torch.isinf(prior.log_prob(outside)).all()
     draws = prior.sample((2000,)).numpy()
     assert DEFAULT_PRIOR.contains(draws.astype(np.float64)).all()
+
+
+def test_derived_master_seeds_start_new_trees():
+    from cocasbi.seeds import derived_master_seed
+
+    seeds = [derived_master_seed(9, Stream.ROUND, r) for r in range(20)]
+    assert len(set(seeds)) == 20 and all(0 <= s < 2**63 for s in seeds)
+    assert seeds[3] == derived_master_seed(9, Stream.ROUND, 3)
+    # a round's phases never coincide with the parent's (or a neighbouring master's)
+    parent = {_state(simulation_seed(m, i)) for m in (9, 10) for i in range(100)}
+    child = {_state(simulation_seed(seeds[1], i)) for i in range(100)}
+    assert not parent & child

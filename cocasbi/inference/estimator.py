@@ -103,6 +103,29 @@ def rebuild_estimator(cfg: EstimatorConfig, zscore: dict, state_dict):
     return net
 
 
+class _NoTracker:
+    """sbi's training tracker that records nothing (sbi's default writes TensorBoard files into
+    ``./sbi-logs`` of whatever directory the user is in; the training summary we keep is the
+    estimator's own ``summary``)."""
+
+    log_dir = None
+
+    def log_metric(self, name, value, step=None):
+        pass
+
+    def log_metrics(self, metrics, step=None):
+        pass
+
+    def log_params(self, params):
+        pass
+
+    def add_figure(self, name, figure, step=None):
+        pass
+
+    def flush(self):
+        pass
+
+
 def _seeded_npe_class():
     from sbi.inference import NPE
 
@@ -193,7 +216,7 @@ def train_estimators(data: TrainingData, estimator: EstimatorConfig, training: T
         with torch_threads(training.threads), torch.random.fork_rng(), bar:
             torch.manual_seed(torch_seed(stream_seed(master_seed, Stream.TRAINING, m)))
             npe = cls(prior=prior, density_estimator=lambda th, xx: build_estimator(
-                estimator, th, xx), show_progress_bars=False)
+                estimator, th, xx), show_progress_bars=False, tracker=_NoTracker())
             npe.split_rng = np.random.default_rng(
                 stream_seed(master_seed, Stream.VALIDATION, round_))
             npe.bar = bar

@@ -45,7 +45,13 @@ from cocasbi.inference.observation import (
 )
 from cocasbi.inference.posterior import corner_plot, sample_posterior, summarize
 from cocasbi.io.atomic import atomic_path
-from cocasbi.seeds import Stream, design_seed, simulation_seed, stream_seed
+from cocasbi.seeds import (
+    Stream,
+    derived_master_seed,
+    design_seed,
+    simulation_seed,
+    stream_seed,
+)
 
 
 @dataclass
@@ -237,8 +243,10 @@ def _sequential_round(cfg, directory, ckpt, train, obs, r, progress, base):
         from cocasbi.campaign import plan_campaign, run_campaign
 
         ccfg = _campaign_config(cfg, base)
-        # its own master seed, so its phases are not those of the first campaign's rows
-        ccfg = ccfg.model_copy(update={"n_simulations": n, "master_seed": ccfg.master_seed + r})
+        # its own seed tree, so its phases are not those of any other campaign's rows
+        ccfg = ccfg.model_copy(update={
+            "n_simulations": n,
+            "master_seed": derived_master_seed(ccfg.master_seed, Stream.ROUND, r)})
         store = plan_campaign(ccfg, directory / f"round_{r}", theta=theta)
         run_campaign(store.directory, progress=progress)
         new = training_set(store.merged_path, min_rows=2)
