@@ -271,6 +271,8 @@ def test_npe_posterior_shift_and_coverage_logic():
                                atol=1e-6)
     np.testing.assert_allclose(out["sigma_ref"], [[0.1, 0.2]] * 2, rtol=0.05)
     assert out["coverage"]["0.68"] == [0.5, 1.0]  # the second θ_Ωm is 6.5 σ away
+    inside = posterior_shift(_ShiftedPosterior(), pairs, 100, 3, prior=DEFAULT_PRIOR)
+    assert inside["n_coverage"] == 1 and inside["coverage"]["0.95"] == [1.0, 1.0]
 
 
 @pytest.mark.slow

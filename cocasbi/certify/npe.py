@@ -11,8 +11,9 @@ reference run from the same initial conditions. The *posterior mean shift*
 is what inference on real (reference-like) data would be off by, in posterior σ. Both posteriors
 are sampled with the same random numbers (same POSTERIOR stream call), so s reflects x − x_ref
 and not sampling noise. The *coverage* of the central 68 % and 95 % intervals of the posterior
-given x_ref, counted over the pairs, checks calibration on reference observations (with only a
-handful of pairs it is coarse: reported, not a threshold).
+given x_ref, counted over the pairs whose θ is inside the prior box (the corners lie on its
+boundary, which a central interval cannot cover), checks calibration on reference observations
+(with only a handful of pairs it is coarse: reported, not a threshold).
 
 θ of the training set come from ``stream_seed(master_seed, Stream.CERTIFY, NPE_DESIGN)``.
 """
@@ -53,10 +54,12 @@ def train_posterior(theta, x, names, prior: BoxPrior, estimator, training, maste
     return make_posterior([m.net for m in members], prior.to_sbi())
 
 
-def posterior_shift(posterior, pairs, n_samples: int, master_seed: int) -> dict:
+def posterior_shift(posterior, pairs, n_samples: int, master_seed: int,
+                    prior: BoxPrior | None = None) -> dict:
     """Mean shift in posterior σ and coverage of the true θ, over pairs with ``x``, ``x_ref``
     and ``theta``: ``shift`` (n_pairs, d), ``sigma_ref`` (n_pairs, d), ``coverage`` {level:
-    (d,) fraction}."""
+    (d,) fraction} and ``n_coverage``. With a ``prior``, coverage counts only pairs whose θ lies
+    strictly inside the box: a central interval cannot cover a θ on the boundary (corners)."""
     from cocasbi.inference.posterior import sample_posterior
 
     shifts, sigmas, inside = [], [], {lv: [] for lv in LEVELS}
@@ -67,11 +70,16 @@ def posterior_shift(posterior, pairs, n_samples: int, master_seed: int) -> dict:
         shifts.append((ref.mean(axis=0) - run.mean(axis=0)) / sigma)
         sigmas.append(sigma)
         truth = np.asarray(p["theta"], dtype=np.float64)
+        if prior is not None and not np.all((truth > prior.low) & (truth < prior.high)):
+            continue
         for lv in LEVELS:
             lo, hi = np.quantile(ref, [(1 - lv) / 2, (1 + lv) / 2], axis=0)
             inside[lv].append((truth >= lo) & (truth <= hi))
-    return {"shift": np.array(shifts), "sigma_ref": np.array(sigmas),
-            "coverage": {str(lv): np.mean(inside[lv], axis=0).tolist() for lv in LEVELS}}
+    n_cov = len(inside[LEVELS[0]])
+    coverage = {str(lv): (np.mean(inside[lv], axis=0).tolist() if n_cov else None)
+                for lv in LEVELS}
+    return {"shift": np.array(shifts), "sigma_ref": np.array(sigmas), "coverage": coverage,
+            "n_coverage": n_cov}
 
 
 def npe_check(cfg, candidate, pairs, prior: BoxPrior, progress: bool = True) -> dict:
@@ -84,7 +92,8 @@ def npe_check(cfg, candidate, pairs, prior: BoxPrior, progress: bool = True) -> 
     posterior = train_posterior(theta, x, candidate.names, prior,
                                 EstimatorConfig(**spec.estimator),
                                 TrainingConfig(**spec.training), master, progress)
-    out = posterior_shift(posterior, pairs, spec.n_samples, master)
+    out = posterior_shift(posterior, pairs, spec.n_samples, master, prior)
     return {"shift": out["shift"].tolist(), "sigma_ref": out["sigma_ref"].tolist(),
-            "coverage": out["coverage"], "n_train": spec.n_train,
+            "coverage": out["coverage"], "n_coverage": out["n_coverage"],
+            "n_train": spec.n_train,
             "n_samples": spec.n_samples, "mean_abs_shift": np.abs(out["shift"]).mean(0).tolist()}
