@@ -64,12 +64,13 @@ class _SnapshotTaker:
 
 
 def estimated_memory(cfg: Config) -> int:
-    """Rough peak memory of one simulation of ``cfg`` [bytes]: ~300 MB of interpreter and
-    libraries, ~350 B per particle (float64 state, LPT fields, sort buffers) and ~40 B per mesh
-    cell (float32 meshes and FFT buffers); measured 170 MB above the interpreter for 64³
-    particles on a 128³ mesh."""
+    """Peak memory of one simulation of ``cfg`` in a fresh process [bytes]: 300 MB of
+    interpreter and libraries, 200 B per particle for PM and COLA (420 B for COCA: the frame's
+    cached fields) and 25 B per mesh cell. Measured (experiments/bench_engine.py --memory):
+    225 MB, 178 B (COCA 391 B) and 21 B; the estimate keeps a ~10 % margin."""
     sim = cfg.simulation
-    return int(300e6 + 350 * sim.n_particles**3 + 40 * sim.n_mesh**3)
+    per_particle = 420 if sim.method == "coca" else 200
+    return int(300e6 + per_particle * sim.n_particles**3 + 25 * sim.n_mesh**3)
 
 
 def available_memory() -> int:

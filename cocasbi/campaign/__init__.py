@@ -34,7 +34,6 @@ from cocasbi.campaign.executor import (
 from cocasbi.campaign.plan import (
     make_plan,
     plan_campaign,
-    simulation_memory,
     stored_config,
     validate_campaign,
 )
@@ -59,5 +58,5 @@ __all__ = [
     "as_producer", "campaign_config_from_dict", "campaign_status", "choose_layout",
     "cluster_settings", "load_campaign_config", "local_cluster", "make_plan", "merge_campaign",
     "plan_campaign", "producer_from_config", "provenance", "run_campaign", "run_task",
-    "simulation_memory", "stored_config", "validate_campaign",
+    "stored_config", "validate_campaign",
 ]

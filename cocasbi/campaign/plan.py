@@ -17,17 +17,9 @@ import yaml
 
 from cocasbi.campaign.config import CampaignConfig, campaign_config_from_dict, check_frame_source
 from cocasbi.campaign.producers import producer_from_config
-from cocasbi.config import Config
 from cocasbi.io.campaign_store import CampaignStore, CampaignStoreError, Plan
 from cocasbi.seeds import design_seed
-
-
-def simulation_memory(config: Config) -> int:
-    """Rough peak memory of one worker running ``config`` [bytes]: ~300 MB of interpreter and
-    libraries, ~350 B per particle and ~40 B per mesh cell (measured: 170 MB above the
-    interpreter for 64³ particles on a 128³ mesh)."""
-    sim = config.simulation
-    return int(300e6 + 350 * sim.n_particles**3 + 40 * sim.n_mesh**3)
+from cocasbi.simulation import estimated_memory
 
 
 def total_memory() -> float:
@@ -48,7 +40,7 @@ def validate_campaign(cfg: CampaignConfig) -> None:
     sim_config = fwd.simulation_config()
     if fwd.kmin is not None and fwd.kmax is not None and fwd.kmin >= fwd.kmax:
         raise ValueError(f"forward: kmin={fwd.kmin} must be below kmax={fwd.kmax} [h/Mpc]")
-    need = simulation_memory(sim_config)
+    need = estimated_memory(sim_config)
     local = not (cfg.execution.scheduler or cfg.execution.jobqueue)
     have = total_memory()
     if local and need > 0.9 * have:

@@ -17,9 +17,10 @@ from tqdm.auto import tqdm
 from cocasbi import __version__
 from cocasbi.campaign.config import CampaignConfig, ExecutionConfig
 from cocasbi.campaign.executor import Farm, WorkerLayout, choose_layout, execute
-from cocasbi.campaign.plan import simulation_memory, stored_config
+from cocasbi.campaign.plan import stored_config
 from cocasbi.campaign.producers import as_producer, producer_from_config
 from cocasbi.io.campaign_store import CampaignStore
+from cocasbi.simulation import estimated_memory
 from cocasbi.threads import default_threads
 
 log = logging.getLogger(__name__)
@@ -81,7 +82,7 @@ def run_campaign(directory: str | Path, simulator=None, *, client=None,
         if indices is not None:
             todo = sorted(set(todo) & {int(i) for i in indices})
         sim_config = cfg.forward.simulation_config()
-        layout = choose_layout(default_threads(), _free_memory(), simulation_memory(sim_config),
+        layout = choose_layout(default_threads(), _free_memory(), estimated_memory(sim_config),
                                execution.workers, execution.threads_per_worker)
         producer = (producer_from_config(cfg, threads=layout.threads) if simulator is None
                     else as_producer(simulator))
