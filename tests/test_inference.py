@@ -135,7 +135,8 @@ def test_layout_mismatch_is_named(trained):
 
 
 @pytest.mark.filterwarnings("ignore:Maximum number of epochs")
-def test_training_is_seeded(small_model):
+def test_training_is_seeded(small_model, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # and writes nothing into the working directory (sbi-logs)
     data = _field_data(small_model, 200)
     cfg, tr = EstimatorConfig(model="mdn", embedding="none"), TrainingConfig(max_epochs=3)
     a = train_estimators(data, cfg, tr, 1, progress=False)[0].net.state_dict()
@@ -144,6 +145,7 @@ def test_training_is_seeded(small_model):
     c = train_estimators(data, cfg, tr, 2, progress=False)[0].net.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert not all(torch.equal(a[k], c[k]) for k in a)
+    assert list(tmp_path.iterdir()) == []
 
 
 # ----------------------------------------------------------------------- training data
