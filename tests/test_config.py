@@ -1,9 +1,11 @@
 """Configuration validation: bad input fails early with the field named."""
 
+from pathlib import Path
+
 import pytest
 import yaml
 
-from cocasbi.config import ConfigError, config_from_dict, load_config
+from cocasbi.config import KINDS, ConfigError, builtin_config_path, config_from_dict, load_config
 
 
 def test_builtin_configs_load():
@@ -52,3 +54,19 @@ def test_file_errors(tmp_path):
     good = tmp_path / "ok.yaml"
     good.write_text(yaml.safe_dump({"simulation": {"n_steps": 7}}))
     assert load_config(good).simulation.n_steps == 7
+
+
+def test_configs_ship_as_package_data_by_kind():
+    from importlib import resources
+
+    root = resources.files("cocasbi") / "configs"
+    assert not Path(str(root)).is_symlink()  # real files, so wheels and sdists carry them
+    for kind in KINDS:
+        assert any(p.name.endswith(".yaml") for p in (root / kind).iterdir()), kind
+
+
+def test_a_config_of_another_kind_is_named_as_such():
+    with pytest.raises(ConfigError, match="'campaign_tiny' is a built-in campaign configuration"):
+        load_config("campaign_tiny")
+    with pytest.raises(ConfigError, match="is a campaign configuration"):
+        load_config(builtin_config_path("campaign_tiny", "campaign"))
