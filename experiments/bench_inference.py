@@ -7,7 +7,7 @@ accuracy (C2ST, moments) vs training-set size, pipeline stage times, NPE vs Fish
     python experiments/bench_inference.py fisher DIR        # NPE widths vs Fisher forecast
     python experiments/bench_inference.py replot            # redraw the known-answer figure
 
-Results go to docs/figures/inference_bench_*.json and docs/figures/inference_*.png.
+Numbers go to experiments/results/inference_bench_*.json, plots to docs/figures/inference_*.png.
 Timing uses the Gaussian-field model with 9 bins (the default log_pk summary length of
 tiny.yaml) and the estimator of configs/inference/tiny.yaml, one torch thread.
 """
@@ -29,7 +29,8 @@ from cocasbi.inference.gaussian_field import GaussianFieldModel
 from cocasbi.inference.posterior import sample_posterior
 from cocasbi.seeds import simulation_seed
 
-OUT = Path(__file__).resolve().parent.parent / "docs" / "figures"
+OUT = Path(__file__).resolve().parent.parent / "docs" / "figures"  # plots
+RESULTS = Path(__file__).resolve().parent / "results"  # numbers (JSON)
 
 
 def field_data(model, n, master=1):
@@ -68,7 +69,7 @@ def timing(sizes=(1000, 5000, 20000), max_epochs=40):
                      "samples_per_s": 10000 / t_sample,
                      "batched_samples_per_s": 100 * 1000 / t_batched})
         print(json.dumps(rows[-1]), flush=True)
-    (OUT / "inference_bench_timing.json").write_text(json.dumps(rows, indent=1))
+    (RESULTS / "inference_bench_timing.json").write_text(json.dumps(rows, indent=1))
 
 
 def accuracy(sizes=(250, 500, 1000, 2000, 5000), models=("mdn", "nsf"), n_obs=3):
@@ -100,7 +101,7 @@ def accuracy(sizes=(250, 500, 1000, 2000, 5000), models=("mdn", "nsf"), n_obs=3)
                          "std_rel_err": float(np.mean(dstd)),
                          "epochs": members[0].summary["epochs"]})
             print(json.dumps(rows[-1]), flush=True)
-    (OUT / "inference_bench_accuracy.json").write_text(json.dumps(rows, indent=1))
+    (RESULTS / "inference_bench_accuracy.json").write_text(json.dumps(rows, indent=1))
     plot_accuracy(rows)
 
 
@@ -136,7 +137,7 @@ def plot_accuracy(rows):
 
 def replot():
     """Redraw the known-answer figure from its JSON."""
-    plot_accuracy(json.loads((OUT / "inference_bench_accuracy.json").read_text()))
+    plot_accuracy(json.loads((RESULTS / "inference_bench_accuracy.json").read_text()))
 
 
 def pipeline(directory):
@@ -177,7 +178,7 @@ def fisher(directory, radius=0.35):
            for p, sf in zip(params, sigma_f, strict=True)}
     out["n_runs_in_fit"] = int(near.sum())
     print(json.dumps(out, indent=1))
-    (OUT / "inference_bench_fisher.json").write_text(json.dumps(out, indent=1))
+    (RESULTS / "inference_bench_fisher.json").write_text(json.dumps(out, indent=1))
 
 
 if __name__ == "__main__":
