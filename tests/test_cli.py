@@ -45,3 +45,38 @@ def test_bad_input_is_named_before_work(tmp_path):
         result = runner.invoke(app, args)
         assert result.exit_code != 0, args
         assert message in result.output, (args, result.output)
+
+
+def test_every_command_and_option_has_help_text():
+    import typer
+
+    from cocasbi.cli import COMMANDS
+
+    root = typer.main.get_command(app)
+    missing = []
+
+    def walk(cmd, path):
+        for name, sub in (getattr(cmd, "commands", None) or {}).items():
+            walk(sub, f"{path} {name}")
+        if not (cmd.help or cmd.short_help):
+            missing.append(path)
+        missing.extend(f"{path} --{p.name}" for p in cmd.params
+                       if p.param_type_name == "option" and not p.help and p.name != "help")
+
+    for name in COMMANDS:
+        walk(root.get_command(None, name), name)
+    assert missing == []
+
+
+def test_help_does_not_load_heavy_libraries():
+    import subprocess
+    import sys
+
+    probe = ("import sys; from cocasbi.cli import main; sys.argv = ['cocasbi', '--help']\n"
+             "try:\n    main()\nexcept SystemExit:\n    pass\n"
+             "print(sorted(m for m in ('numba', 'pyfftw', 'torch', 'dask', 'sbi', 'scipy', "
+             "'h5py') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip().splitlines()[-1] == "[]"
+    assert all(name in out for name in ("simulate", "campaign", "infer", "certify", "frame"))

@@ -47,7 +47,8 @@ def make_data(
     timeout: Annotated[float, typer.Option("--timeout", help="per-simulation limit [s]")] = 3600,
     force: Annotated[bool, typer.Option(
         "--force", help="replace another plan in OUT (e.g. other --n-sims)")] = False,
-    progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress",
+                                           help="show a progress bar")] = True,
 ):
     """Run COLA simulations on the campaign farm and store LPT inputs and residual momenta
     (resumable; failures recorded in OUT/failures)."""
@@ -92,8 +93,10 @@ def train_cmd(
         "--time-budget", help="vnet: training time budget [s]")] = None,
     seed: Annotated[int | None, typer.Option("--seed", help="vnet (default 0)")] = None,
     device: Annotated[str, typer.Option("--device", help="vnet: cpu, cuda or auto")] = "cpu",
-    resume: Annotated[bool, typer.Option("--resume/--no-resume")] = False,
-    progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
+    resume: Annotated[bool, typer.Option(
+        "--resume/--no-resume", help="vnet: continue from the checkpoint beside --out")] = False,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress",
+                                           help="show a progress bar")] = True,
 ):
     """Fit a frame emulator on stored COLA residuals and save it (loads on CPU)."""
     from cocasbi.frame.training.data import list_samples
