@@ -11,6 +11,7 @@ import threading
 import time
 from pathlib import Path
 
+import distributed
 import h5py
 import numpy as np
 import pytest
@@ -34,7 +35,6 @@ from cocasbi.config import ConfigError
 from cocasbi.forward import ForwardSpec
 from cocasbi.io.campaign_store import CampaignStore, CorruptResultError, load_campaign
 
-distributed = pytest.importorskip("distributed")
 TESTS = Path(__file__).parent
 
 

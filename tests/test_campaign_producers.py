@@ -1,6 +1,7 @@
 """Producers of any kind on the one farm: summaries, frame samples, and a third-party kind
 given through a configuration's ``producer.factory`` or directly to ``run_campaign``."""
 
+import distributed
 import h5py
 import numpy as np
 import pytest
@@ -16,8 +17,6 @@ from cocasbi.campaign.frame_data import make_frame_data
 from cocasbi.config import load_config
 from cocasbi.forward import ForwardSpec
 from cocasbi.io.campaign_store import load_campaign
-
-distributed = pytest.importorskip("distributed")
 
 
 class Pairs:

@@ -13,6 +13,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import distributed
 import numpy as np
 import pytest
 from typer.testing import CliRunner
@@ -36,7 +37,6 @@ from cocasbi.io.campaign_store import (
     load_campaign,
 )
 
-distributed = pytest.importorskip("distributed")
 TESTS = Path(__file__).parent
 
 
