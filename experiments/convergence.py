@@ -24,7 +24,7 @@ def main():
     parser.add_argument("--n-ref", type=int, default=400)
     parser.add_argument("--out", type=Path, default=Path("docs/figures/convergence.png"))
     args = parser.parse_args()
-    # the brief's prototype setup: 32³ particles on a 64³ mesh in 128 Mpc/h
+    # the independent prototype's setup: 32³ particles on a 64³ mesh in 128 Mpc/h
     cfg = load_config("tiny").replace(simulation={"box_size": 128.0})
     ref = simulate(cfg.replace(simulation={"method": "pm", "n_steps": args.n_ref}))
     table = {}

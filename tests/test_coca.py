@@ -1,4 +1,4 @@
-"""COCA invariants (physics brief): frames plug into the COLA loop without changing physics."""
+"""COCA invariants (docs/physics.md): frames plug into the COLA loop without changing physics."""
 
 import numpy as np
 import pytest

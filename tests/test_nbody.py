@@ -49,7 +49,7 @@ def test_fastpm_factors_are_exact_for_zeldovich_sheets(factors, tol):
         assert err < tol
         np.testing.assert_allclose(s.momenta(), exact_p, atol=1e-12 * np.abs(exact_p).max())
     else:
-        assert err > 0.03  # standard factors: ≈ 9 % off in five steps (brief)
+        assert err > 0.03  # standard factors: ≈ 9 % off in five steps (independent prototype)
 
 
 def test_cola_follows_zeldovich_sheets_exactly():
@@ -75,7 +75,7 @@ def test_fastpm_5_steps_agree_with_50_steps_under_the_mesh_force():
             .run() for k in (5, 50)]
     disp = runs[1].x - lpt.q
     rel = np.sqrt(np.mean((runs[0].x - runs[1].x) ** 2)) / np.sqrt(np.mean(disp**2))
-    assert rel < 2e-3, rel  # brief: ≈ 1e-3, set by the force resolution
+    assert rel < 2e-3, rel  # prototype: ≈ 1e-3, set by the force resolution
     zel = np.sqrt(np.mean((runs[1].x - lpt.q - lpt.psi1) ** 2)) / np.sqrt(np.mean(disp**2))
     assert zel < 0.025, zel  # Zel'dovich motion, up to the mesh force (CIC window, lattice)
 
@@ -108,7 +108,7 @@ def test_linear_regime_pm_growth_within_one_percent(factors, kernel, n_mesh):
 
 
 def test_exact_kernel_at_b2_is_unsound_and_refused():
-    # measured: +4 % growth at k <= 2 k_f (the brief's prototype: 4-7 %); config refuses it
+    # measured: +4 % growth at k <= 2 k_f (an independent prototype: 4-7 %); config refuses it
     assert _linear_growth_at(2, "fastpm", "exact", n_mesh=64) > 1.02
     with pytest.raises(ConfigError, match="kernel 'exact'"):
         load_config("tiny").replace(simulation={"kernel": "exact"})
@@ -137,7 +137,7 @@ def test_all_integrators_converge_to_the_same_field(convergence_runs):
         errs = [_rms(runs[method, factors, s], ref) for s in (10, 20, 40)]
         assert errs[0] > errs[1] > errs[2], (method, factors, errs)
         assert errs[2] < 0.5 * errs[0], (method, factors, errs)
-    # brief (32³ on a 64³ mesh, 128 Mpc/h): PM-20 ≈ 0.18–0.23, COLA-20 ≈ 0.12, COLA-40 ≈ 0.04
+    # prototype (32³ on a 64³ mesh, 128 Mpc/h): PM-20 ≈ 0.18–0.23, COLA-20 ≈ 0.12, COLA-40 ≈ 0.04
     assert _rms(runs["pm", "standard", 20], ref) < 0.3
     assert _rms(runs["cola", "standard", 20], ref) < 0.16
     assert _rms(runs["cola", "standard", 40], ref) < 0.06
