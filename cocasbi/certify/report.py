@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cocasbi.io.atomic import atomic_path
+from cocasbi.io.atomic import atomic_path, save_figure
 
 #: Exit codes of ``cocasbi certify``.
 EXIT_PASS, EXIT_FAIL, EXIT_ERROR = 0, 1, 2
@@ -187,9 +187,7 @@ def plot_report(report: CertificationReport, out_dir, prefix: str | None = None)
     axes[0].legend(fontsize=8)
     fig.suptitle(f"{report.under_test} vs {report.reference}")
     fig.tight_layout()
-    files.append(out_dir / f"{prefix}_pk.png")
-    fig.savefig(files[-1], dpi=110)
-    plt.close(fig)
+    files.append(save_figure(fig, out_dir / f"{prefix}_pk.png"))
 
     if report.triangles:
         fig, ax = plt.subplots(figsize=(6, 4))
@@ -206,9 +204,7 @@ def plot_report(report: CertificationReport, out_dir, prefix: str | None = None)
         ax.set_title(f"{report.under_test}: bispectrum (k1,k2,k3 [h/Mpc])")
         ax.legend(fontsize=8)
         fig.tight_layout()
-        files.append(out_dir / f"{prefix}_bk.png")
-        fig.savefig(files[-1], dpi=110)
-        plt.close(fig)
+        files.append(save_figure(fig, out_dir / f"{prefix}_bk.png"))
 
     if report.convergence is not None:
         c = report.convergence
@@ -222,7 +218,5 @@ def plot_report(report: CertificationReport, out_dir, prefix: str | None = None)
         ax.set_title(f"convergence: {report.under_test}")
         ax.legend(fontsize=8)
         fig.tight_layout()
-        files.append(out_dir / f"{prefix}_convergence.png")
-        fig.savefig(files[-1], dpi=110)
-        plt.close(fig)
+        files.append(save_figure(fig, out_dir / f"{prefix}_convergence.png"))
     return files

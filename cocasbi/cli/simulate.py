@@ -9,6 +9,7 @@ import typer
 
 from cocasbi.cli.common import fail, writable_directory
 from cocasbi.config import load_config
+from cocasbi.io.atomic import save_figure
 
 app = typer.Typer()
 
@@ -35,8 +36,7 @@ def plot_power(path: Path, ps, linear_k, linear_p, title: str, shot_noise: float
     bottom.set_xlabel(r"$k$ [$h\,\mathrm{Mpc}^{-1}$]")
     bottom.set_ylabel(r"$P/P_\mathrm{lin}$")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path, dpi=120)
 
 
 @app.command()

@@ -27,7 +27,7 @@ import numpy as np
 
 from cocasbi.inference.config import DiagnosticsConfig
 from cocasbi.inference.estimator import torch_seed
-from cocasbi.io.atomic import atomic_path
+from cocasbi.io.atomic import atomic_path, save_figure
 from cocasbi.seeds import Stream, stream_seed
 
 LEVELS = np.linspace(0.0, 1.0, 21)  #: credibility levels of the coverage curve
@@ -171,9 +171,4 @@ def plot_diagnostics(result: DiagnosticsResult, path: str | Path) -> Path:
     ax.set_title(f"verdict: {'pass' if result.passed else 'fail'} ({n} held-out)", fontsize=9)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

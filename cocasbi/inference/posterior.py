@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from cocasbi.inference.estimator import torch_seed
-from cocasbi.io.atomic import atomic_path
+from cocasbi.io.atomic import save_figure
 from cocasbi.seeds import Stream, stream_seed
 
 
@@ -124,9 +124,4 @@ def corner_plot(summary: PosteriorSummary, path: str | Path, prior=None,
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
