@@ -28,7 +28,7 @@ def timed(cmd: list[str], repeat: int) -> list[float]:
     times = []
     for _ in range(repeat):
         t0 = time.perf_counter()
-        subprocess.run(cmd, capture_output=True, check=False)
+        subprocess.run(cmd, capture_output=True, check=True)  # a failing command is no timing
         times.append(time.perf_counter() - t0)
     return times
 
