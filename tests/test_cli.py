@@ -80,3 +80,18 @@ def test_help_does_not_load_heavy_libraries():
                          check=True).stdout
     assert out.strip().splitlines()[-1] == "[]"
     assert all(name in out for name in ("simulate", "campaign", "infer", "certify", "frame"))
+
+
+def test_frame_train_takes_a_make_data_directory(tmp_path):
+    """make-data writes OUT/results/sim_*.h5; `frame train OUT` finds them there."""
+    from cocasbi.config import load_config
+    from cocasbi.frame import load_frame
+    from cocasbi.frame.training.data import make_training_data
+
+    cfg = load_config("tiny").replace(simulation={"n_steps": 3})
+    make_training_data(cfg, tmp_path / "data" / "results", 2, master_seed=1, progress=False)
+    out = tmp_path / "frame.npz"
+    result = runner.invoke(app, ["frame", "train", str(tmp_path / "data"), "-K", "2",
+                                 "--out", str(out), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert load_frame(out).basis.K == 2

@@ -3,17 +3,18 @@
     cocasbi frame make-data tiny --n-sims 32 --seed 1 --out data/frame_tiny
     cocasbi frame train data/frame_tiny --kind transfer -K 4 --out frame.npz
     cocasbi frame train data/frame_tiny --kind vnet --epochs 20 --out frame.pt
+
+(``train`` takes the make-data directory or its ``results/`` folder.)
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
 
 import typer
 
 app = typer.Typer(help="COCA frame emulator: training data and training.",
-                        no_args_is_help=True)
+                  no_args_is_help=True)
 
 
 def _parse_prior(prior: list[str] | None) -> dict[str, tuple[float, float]] | None:
@@ -31,24 +32,22 @@ def _parse_prior(prior: list[str] | None) -> dict[str, tuple[float, float]] | No
 
 @app.command("make-data")
 def make_data(
-    config: Annotated[str, typer.Argument(help="config file or built-in name (tiny, paper)")],
-    out: Annotated[Path, typer.Option(
-        "--out", "-o", help="campaign directory; the files go to OUT/results")],
-    n_sims: Annotated[int, typer.Option("--n-sims", "-n", help="number of simulations")] = 32,
-    seed: Annotated[int, typer.Option(
-        "--seed", help="master seed: sim i uses SeedSequence(seed, (i,))")] = 0,
-    start: Annotated[int, typer.Option("--start", help="index of the first simulation")] = 0,
-    prior: Annotated[list[str] | None, typer.Option(
-        "--prior", help="vary a parameter uniformly, NAME=LO:HI (repeatable)")] = None,
-    workers: Annotated[int, typer.Option(
-        "--workers", help="worker processes (0 = one per core, memory permitting)")] = 0,
-    threads_per_worker: Annotated[int, typer.Option(
-        "--threads-per-worker", help="threads per simulation (0 = auto)")] = 0,
-    timeout: Annotated[float, typer.Option("--timeout", help="per-simulation limit [s]")] = 3600,
-    force: Annotated[bool, typer.Option(
-        "--force", help="replace another plan in OUT (e.g. other --n-sims)")] = False,
-    progress: Annotated[bool, typer.Option("--progress/--no-progress",
-                                           help="show a progress bar")] = True,
+    config: str = typer.Argument(..., help="config file or built-in name (tiny, paper)"),
+    out: Path = typer.Option(..., "--out", "-o",
+                             help="campaign directory; the files go to OUT/results"),
+    n_sims: int = typer.Option(32, "--n-sims", "-n", help="number of simulations"),
+    seed: int = typer.Option(0, "--seed", help="master seed: sim i uses SeedSequence(seed, (i,))"),
+    start: int = typer.Option(0, "--start", help="index of the first simulation"),
+    prior: list[str] | None = typer.Option(
+        None, "--prior", help="vary a parameter uniformly, NAME=LO:HI (repeatable)"),
+    workers: int = typer.Option(
+        0, "--workers", help="worker processes (0 = one per core, memory permitting)"),
+    threads_per_worker: int = typer.Option(
+        0, "--threads-per-worker", help="threads per simulation (0 = auto)"),
+    timeout: float = typer.Option(3600, "--timeout", help="per-simulation limit [s]"),
+    force: bool = typer.Option(False, "--force",
+                               help="replace another plan in OUT (e.g. other --n-sims)"),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="show a progress bar"),
 ):
     """Run COLA simulations on the campaign farm and store LPT inputs and residual momenta
     (resumable; failures recorded in OUT/failures)."""
@@ -68,35 +67,32 @@ def make_data(
 
 @app.command("train")
 def train_cmd(
-    data: Annotated[Path, typer.Argument(help="directory written by make-data")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="frame file (.npz transfer, .pt vnet)")],
-    kind: Annotated[str, typer.Option("--kind", help="transfer | vnet")] = "transfer",
-    config: Annotated[Path | None, typer.Option(
-        "--config", "-c", help="vnet: YAML training config (options below override it)")] = None,
-    K: Annotated[int | None, typer.Option(
-        "-K", "--n-basis", help="number of time-basis functions (default 4)")] = None,
-    degree: Annotated[int | None, typer.Option(
-        "--degree", help="polynomial degree in (Omega_m, sigma8); 0 = fixed "
-        "(default transfer 0, vnet base model 1)")] = None,
-    n_val: Annotated[int | None, typer.Option(
-        "--n-val", help="vnet: simulations held out for validation (default 2)")] = None,
-    epochs: Annotated[int | None, typer.Option("--epochs", help="vnet (default 20)")] = None,
-    lr: Annotated[float | None, typer.Option("--lr", help="vnet (default 1e-3)")] = None,
-    batch_size: Annotated[int | None, typer.Option(
-        "--batch-size", help="vnet (default 4)")] = None,
-    crop: Annotated[int | None, typer.Option(
-        "--crop", help="vnet: random periodic crop size (0 = full box) (default 0)")] = None,
-    base_channels: Annotated[int | None, typer.Option(
-        "--base-channels", help="vnet (default 16)")] = None,
-    levels: Annotated[int | None, typer.Option("--levels", help="vnet (default 3)")] = None,
-    time_budget: Annotated[float | None, typer.Option(
-        "--time-budget", help="vnet: training time budget [s]")] = None,
-    seed: Annotated[int | None, typer.Option("--seed", help="vnet (default 0)")] = None,
-    device: Annotated[str, typer.Option("--device", help="vnet: cpu, cuda or auto")] = "cpu",
-    resume: Annotated[bool, typer.Option(
-        "--resume/--no-resume", help="vnet: continue from the checkpoint beside --out")] = False,
-    progress: Annotated[bool, typer.Option("--progress/--no-progress",
-                                           help="show a progress bar")] = True,
+    data: Path = typer.Argument(..., help="directory written by make-data (or its results/)"),
+    out: Path = typer.Option(..., "--out", "-o", help="frame file (.npz transfer, .pt vnet)"),
+    kind: str = typer.Option("transfer", "--kind", help="transfer | vnet"),
+    config: Path | None = typer.Option(
+        None, "--config", "-c", help="vnet: YAML training config (options below override it)"),
+    K: int | None = typer.Option(None, "-K", "--n-basis",
+                                 help="number of time-basis functions (default 4)"),
+    degree: int | None = typer.Option(
+        None, "--degree", help="polynomial degree in (Omega_m, sigma8); 0 = fixed "
+        "(default transfer 0, vnet base model 1)"),
+    n_val: int | None = typer.Option(
+        None, "--n-val", help="vnet: simulations held out for validation (default 2)"),
+    epochs: int | None = typer.Option(None, "--epochs", help="vnet (default 20)"),
+    lr: float | None = typer.Option(None, "--lr", help="vnet (default 1e-3)"),
+    batch_size: int | None = typer.Option(None, "--batch-size", help="vnet (default 4)"),
+    crop: int | None = typer.Option(
+        None, "--crop", help="vnet: random periodic crop size (0 = full box) (default 0)"),
+    base_channels: int | None = typer.Option(None, "--base-channels", help="vnet (default 16)"),
+    levels: int | None = typer.Option(None, "--levels", help="vnet (default 3)"),
+    time_budget: float | None = typer.Option(
+        None, "--time-budget", help="vnet: training time budget [s]"),
+    seed: int | None = typer.Option(None, "--seed", help="vnet (default 0)"),
+    device: str = typer.Option("cpu", "--device", help="vnet: cpu, cuda or auto"),
+    resume: bool = typer.Option(
+        False, "--resume/--no-resume", help="vnet: continue from the checkpoint beside --out"),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="show a progress bar"),
 ):
     """Fit a frame emulator on stored COLA residuals and save it (loads on CPU)."""
     from cocasbi.frame.training.data import list_samples
@@ -119,6 +115,8 @@ def train_cmd(
             settings = VNetTrainingConfig.from_dict({**settings.model_dump(), "crop": None})
     elif config is not None:
         raise ValueError("--config is a V-net training config; not used with --kind transfer")
+    if (data / "results").is_dir():  # a make-data (campaign) directory
+        data = data / "results"
     paths = list_samples(data)
     if not paths:
         raise ValueError(f"no sim_*.h5 files in {data}")
