@@ -21,8 +21,10 @@ from cocasbi.certify import (
     make_models,
     write_report,
 )
-from cocasbi.certify.convergence import default_levels, is_converging
+from cocasbi.certify.convergence import default_levels, forces_to_pass, is_converging
 from cocasbi.certify.fisher import sample_summaries
+from cocasbi.certify.misspecification import misspecification, zscore
+from cocasbi.certify.run import convergence_ladder
 from cocasbi.config import ConfigError, load_config
 from cocasbi.nbody import ResidualRecorder
 from cocasbi.prior import DEFAULT_PRIOR
@@ -98,6 +100,12 @@ def test_too_few_steps_fail_and_the_ladder_converges():
     ladder = report.convergence
     assert ladder["rms_dx"][-1] < 0.5 * ladder["rms_dx"][0]
     assert ladder["n_forces"] == [3, 4, 7, 13]
+    need = ladder["forces_to_pass"]
+    th = report.config["thresholds"]
+    passes = [p < th["pk_ratio"] and r < th["one_minus_r2"]
+              for p, r in zip(ladder["pk_ratio"], ladder["one_minus_r2"], strict=True)]
+    assert need["passes"] == passes
+    assert need["n_forces"] == (ladder["n_forces"][passes.index(True)] if any(passes) else None)
 
 
 def test_report_round_trips_through_json(good_report, tmp_path):
@@ -155,6 +163,66 @@ def test_convergence_rule():
     assert default_levels("coca", 10, 3, 11) == [1, 3, 6, 11]
 
 
+def test_forces_to_pass_on_a_synthetic_ladder():
+    ladder = {"levels": [1, 2, 4, 8], "n_forces": [2, 3, 5, 9],
+              "pk_ratio": [0.2, -0.05, 0.008, 0.002], "one_minus_r2": [0.1, 0.005, 0.02, 0.001]}
+    th = {"pk_ratio": 0.01, "one_minus_r2": 0.01}
+    out = forces_to_pass(ladder, th)  # level 4 passes P(k) but not r²; |−0.05| counts
+    assert out["passes"] == [False, False, False, True]
+    assert (out["level"], out["n_forces"], out["stable"]) == (8, 9, True)
+    out = forces_to_pass(ladder, {"pk_ratio": 0.1})  # P(k) alone: from level 2
+    assert (out["level"], out["n_forces"]) == (2, 3)
+    unstable = forces_to_pass({**ladder, "pk_ratio": [0.2, 0.001, 0.008, 0.5]}, th)
+    assert unstable["n_forces"] == 3 and not unstable["stable"]
+    none = forces_to_pass(ladder, {"pk_ratio": 0.001})
+    assert none["n_forces"] is None and none["level"] is None and not any(none["passes"])
+    assert forces_to_pass({**ladder, "pk_ratio": [np.nan] * 4}, th)["n_forces"] is None
+    with pytest.raises(ValueError, match="lacks bk_ratio"):
+        forces_to_pass(ladder, {"bk_ratio": 0.02})
+    with pytest.raises(ValueError, match="3 values for 4 levels"):
+        forces_to_pass({**ladder, "pk_ratio": [1, 2, 3]}, th)
+
+
+def test_cola_ladder_outside_the_prior_passes_at_some_step_count():
+    """At Ω_m = 0.45, σ8 = 1 (beyond the default prior) COLA against COLA-16 fails with 2
+    steps and passes before it reaches the reference's 16 steps."""
+    cfg = _config(under_test={"method": "cola", "n_steps": 4},
+                  reference={"method": "cola", "n_steps": 16},
+                  convergence={"levels": [2, 8, 16]})
+    ladder = convergence_ladder(cfg, [0.45, 1.0], progress=False)
+    need = ladder["forces_to_pass"]
+    assert ladder["theta"] == [0.45, 1.0] and ladder["n_forces"] == [3, 9, 17]
+    assert need["passes"][0] is False and need["passes"][-1] is True  # 16 = the reference
+    assert need["n_forces"] in (9, 17) and need["stable"]
+    assert ladder["pk_ratio"][-1] < 1e-6
+    with pytest.raises(ValueError, match="theta must have 2 values"):
+        convergence_ladder(cfg, [0.3], progress=False)
+
+
+def test_misspecification_flags_a_shifted_set_and_not_a_matching_one():
+    rng = np.random.default_rng(np.random.SeedSequence(0))
+    scale = np.array([1.0, 10.0, 0.01, 3.0, 1.0])  # z-scoring puts them on one scale
+    train = rng.normal(size=(120, 5)) * scale + 2.0
+    same = rng.normal(size=(8, 5)) * scale + 2.0
+    shifted = same + 1.5 * scale  # 1.5 σ in every summary
+    ok = misspecification(same, train, alpha=0.05, n_shuffle=200)
+    bad = misspecification(shifted, train, alpha=0.05, n_shuffle=200)
+    assert ok["p_value"] > 0.05 and not ok["flagged"]
+    assert bad["p_value"] < 0.01 and bad["flagged"]
+    assert bad["fraction_flagged"] > 0.5 > ok["fraction_flagged"]
+    assert len(bad["p_values"]) == 8 and bad["n_train"] == 120
+    assert misspecification(same, train, n_shuffle=200) == ok  # seeded: reproducible
+    z_obs, z = zscore(same, train)
+    np.testing.assert_allclose(z.mean(0), 0, atol=1e-12)
+    np.testing.assert_allclose(z.std(0), 1)
+    with pytest.raises(ValueError, match="more training summaries"):
+        misspecification(train, same)
+    with pytest.raises(ValueError, match="same p"):
+        misspecification(same[:, :3], train)
+    with pytest.raises(ValueError, match="alpha"):
+        misspecification(same, train, alpha=1.5)
+
+
 def test_design_and_seeds_are_held_out_and_deterministic():
     thetas = design(DEFAULT_PRIOR, True, 3, master_seed=5)
     np.testing.assert_array_equal(thetas[0], DEFAULT_PRIOR.center)
@@ -195,6 +263,8 @@ def test_configuration_errors():
         _config(reference={"method": "coca", "frame": "tiny"})
     with pytest.raises(ConfigError, match="prior"):
         _config(prior={"Omega_m": [0.4, 0.2]})
+    with pytest.raises(ConfigError, match="misspecification_alpha"):
+        _config(thresholds={"misspecification_alpha": 1.5})
 
 
 def test_command_exit_codes(tmp_path):
@@ -286,5 +356,8 @@ def test_npe_check_runs_and_names_the_shift(tmp_path):
     check = report.check("posterior_shift")
     assert np.isfinite(check.value) and "coverage" in check.detail
     assert np.asarray(report.npe["shift"]).shape == (2, 2)
+    mis = report.check("misspecification")
+    assert 0 <= mis.value <= 1 and mis.threshold == 0.05 and mis.passed == (mis.value >= 0.05)
+    assert len(report.npe["misspecification"]["p_values"]) == 2
     assert CertificationReport.load(tmp_path / "test.json").npe == json.loads(
         json.dumps(report.npe))

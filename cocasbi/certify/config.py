@@ -104,6 +104,9 @@ class Thresholds(_Frozen):
     parameter_bias: float = Field(0.1, gt=0, description="max |δθ| in posterior σ")
     posterior_shift: float = Field(0.1, gt=0, description="max |NPE posterior mean shift| "
                                                           "in posterior σ")
+    misspecification_alpha: float = Field(
+        0.05, gt=0, lt=1, description="min p-value of the MMD test of the reference summaries "
+                                      "against the NPE training set")
 
 
 class ConvergenceSpec(_Frozen):
@@ -150,6 +153,8 @@ class NpeSpec(_Frozen):
     enabled: bool = False
     n_train: int = Field(300, ge=20)
     n_samples: int = Field(1000, ge=10, description="posterior samples per observation")
+    n_shuffle: int = Field(1000, ge=20, description="shuffles of the MMD misspecification "
+                                                   "test's null distribution")
     estimator: dict = Field(default_factory=dict)
     training: dict = Field(default_factory=dict)
 

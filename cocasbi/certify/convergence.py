@@ -45,3 +45,45 @@ def worst(metrics: dict, kmax: float) -> dict[str, float]:
     return {"rms_dx": float(metrics["rms_dx"]),
             "pk_ratio": float(np.max(np.abs(metrics["pk_ratio"][sel]))),
             "one_minus_r2": float(np.max(metrics["one_minus_r2"][sel]))}
+
+
+#: Ladder metrics with a field-level threshold (:class:`~cocasbi.certify.config.Thresholds`).
+THRESHOLD_METRICS = ("pk_ratio", "one_minus_r2")
+
+
+def forces_to_pass(ladder: dict, thresholds: dict[str, float]) -> dict:
+    """The cheapest ladder level at which every field-level threshold passes.
+
+    Parameters
+    ----------
+    ladder : dict
+        ``levels`` and ``n_forces`` (one per level, increasing cost) and, per metric of
+        ``thresholds``, the worst value over k <= k_max at each level (as :func:`worst` gives).
+    thresholds : dict
+        Metric name -> limit; a level passes when every ``|value| < limit``.
+
+    Returns
+    -------
+    dict
+        ``passes`` (bool per level), ``level`` and ``n_forces`` of the first passing level
+        (None when none within the ladder passes), and ``stable``: whether every more
+        expensive level passes too.
+    """
+    if not thresholds:
+        raise ValueError("forces_to_pass needs at least one threshold")
+    missing = [name for name in ("levels", "n_forces", *thresholds) if name not in ladder]
+    if missing:
+        raise ValueError(f"ladder lacks {', '.join(missing)}")
+    n = len(ladder["levels"])
+    passes = np.ones(n, dtype=bool)
+    for name, limit in thresholds.items():
+        values = np.abs(np.asarray(ladder[name], dtype=np.float64))
+        if values.shape != (n,):
+            raise ValueError(f"ladder {name} has {values.size} values for {n} levels")
+        passes &= np.isfinite(values) & (values < limit)
+    first = int(np.argmax(passes)) if passes.any() else None
+    return {"passes": passes.tolist(),
+            "level": None if first is None else int(ladder["levels"][first]),
+            "n_forces": None if first is None else int(ladder["n_forces"][first]),
+            "stable": bool(first is not None and passes[first:].all()),
+            "thresholds": {k: float(v) for k, v in thresholds.items()}}

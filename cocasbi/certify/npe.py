@@ -13,7 +13,9 @@ are sampled with the same random numbers (same POSTERIOR stream call), so s refl
 and not sampling noise. The *coverage* of the central 68 % and 95 % intervals of the posterior
 given x_ref, counted over the pairs whose θ is inside the prior box (the corners lie on its
 boundary, which a central interval cannot cover), checks calibration on reference observations
-(with only a handful of pairs it is coarse: reported, not a threshold).
+(with only a handful of pairs it is coarse: reported, not a threshold). The reference
+summaries are also tested for misspecification against the training summaries
+(:mod:`cocasbi.certify.misspecification`).
 
 θ of the training set come from ``stream_seed(master_seed, Stream.CERTIFY, NPE_DESIGN)``.
 """
@@ -23,6 +25,7 @@ from __future__ import annotations
 import numpy as np
 from tqdm.auto import tqdm
 
+from cocasbi.certify.misspecification import misspecification
 from cocasbi.prior import BoxPrior
 from cocasbi.seeds import Stream, simulation_seed, stream_seed
 
@@ -93,7 +96,11 @@ def npe_check(cfg, candidate, pairs, prior: BoxPrior, progress: bool = True) -> 
                                 EstimatorConfig(**spec.estimator),
                                 TrainingConfig(**spec.training), master, progress)
     out = posterior_shift(posterior, pairs, spec.n_samples, master, prior)
+    x_ref = np.stack([np.asarray(p["x_ref"], dtype=np.float64) for p in pairs])
+    misspec = misspecification(x_ref, x, cfg.thresholds.misspecification_alpha, master,
+                               spec.n_shuffle)
     return {"shift": out["shift"].tolist(), "sigma_ref": out["sigma_ref"].tolist(),
             "coverage": out["coverage"], "n_coverage": out["n_coverage"],
             "n_train": spec.n_train,
-            "n_samples": spec.n_samples, "mean_abs_shift": np.abs(out["shift"]).mean(0).tolist()}
+            "n_samples": spec.n_samples, "mean_abs_shift": np.abs(out["shift"]).mean(0).tolist(),
+            "misspecification": misspec}

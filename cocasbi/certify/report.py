@@ -120,6 +120,11 @@ class CertificationReport:
                                      zip(self.parameters, self.npe["mean_abs_shift"],
                                          strict=True))
                          + f"; coverage on reference data {self.npe['coverage']}.")
+            mis = self.npe.get("misspecification")
+            if mis:
+                lines.append(f"Misspecification (MMD of the reference summaries against the "
+                             f"training set): p = {mis['p_value']:.3g} (α = {mis['alpha']:g}); "
+                             f"{mis['fraction_flagged']:.0%} of the pairs flagged alone.")
             lines.append("")
         if self.convergence is not None:
             c = self.convergence
@@ -129,6 +134,12 @@ class CertificationReport:
             for i, level in enumerate(c["levels"]):
                 lines.append(f"| {level} | {c['n_forces'][i]} | {c['rms_dx'][i]:.4g} | "
                              f"{c['pk_ratio'][i]:.3g} | {c['one_minus_r2'][i]:.3g} |")
+            need = c.get("forces_to_pass")
+            if need:
+                lines += ["", "Field-level thresholds pass from: " + (
+                    "none within the ladder" if need["n_forces"] is None else
+                    f"{need['n_forces']} forces ({c['unit']} {need['level']})"
+                    + ("" if need["stable"] else ", not at every costlier level")) + "."]
             lines.append("")
         return "\n".join(lines)
 

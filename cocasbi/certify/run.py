@@ -9,7 +9,14 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from cocasbi.certify.config import CertifyConfig
-from cocasbi.certify.convergence import LADDER_METRICS, default_levels, is_converging, worst
+from cocasbi.certify.convergence import (
+    LADDER_METRICS,
+    THRESHOLD_METRICS,
+    default_levels,
+    forces_to_pass,
+    is_converging,
+    worst,
+)
 from cocasbi.certify.fisher import (
     finite_difference_jacobian,
     fisher_bias,
@@ -102,9 +109,27 @@ def _convergence(cfg: CertifyConfig, candidate, reference, theta, seed, kmax, pr
               "one_minus_r2": 0.1 * th.one_minus_r2}
     converging = {name: is_converging(table[name], cfg.convergence.tolerance, floors[name])
                   for name in LADDER_METRICS}
-    return {"unit": "forces (even:K)" if spec.method == "coca" else "steps",
-            "levels": list(levels), "n_forces": n_forces, **table, "floors": floors,
-            "converging": converging, "theta": np.asarray(theta).tolist()}
+    out = {"unit": "forces (even:K)" if spec.method == "coca" else "steps",
+           "levels": list(levels), "n_forces": n_forces, **table, "floors": floors,
+           "converging": converging, "theta": np.asarray(theta).tolist()}
+    out["forces_to_pass"] = forces_to_pass(
+        out, {name: getattr(th, name) for name in THRESHOLD_METRICS})
+    return out
+
+
+def convergence_ladder(cfg: CertifyConfig, theta, seed=None, *, frame=None,
+                       progress: bool = True) -> dict:
+    """The convergence ladder of ``cfg`` at any θ (inside the prior or not), with the
+    smallest number of force evaluations at which the field-level thresholds pass
+    (``forces_to_pass``). ``seed`` defaults to the first held-out certification seed."""
+    task, _, kmax = build_task(cfg, frame)
+    if seed is None:
+        seed = certification_seeds(cfg.design.master_seed, 1)[0]
+    theta = np.asarray(theta, dtype=np.float64)
+    if theta.shape != (len(task.candidate.parameters),):
+        raise ValueError(f"theta must have {len(task.candidate.parameters)} values "
+                         f"({', '.join(task.candidate.parameters)}), got shape {theta.shape}")
+    return _convergence(cfg, task.candidate, task.reference, theta, seed, kmax, progress)
 
 
 def _fisher(cfg: CertifyConfig, candidate, theta0, pairs, prior: BoxPrior, progress):
@@ -202,6 +227,10 @@ def certify(cfg: CertifyConfig, *, frame=None, out_dir=None, progress: bool = Tr
         checks.append(Check("convergence", float(len(bad)), 0.5, not bad,
                             "not converging: " + ", ".join(bad) if bad else
                             f"errors fall over {convergence['unit']} {convergence['levels']}"))
+        need = convergence["forces_to_pass"]
+        print_need = ("none within the ladder" if need["n_forces"] is None else
+                      f"{need['n_forces']} forces ({convergence['unit']} {need['level']})")
+        checks[-1].detail += f"; thresholds pass from {print_need}"
     t_conv = time.perf_counter()
 
     fisher = None
@@ -225,6 +254,12 @@ def certify(cfg: CertifyConfig, *, frame=None, out_dir=None, progress: bool = Tr
                             bool(np.all(shift < th.posterior_shift)),
                             f"{prior.names[j]} at θ = ({', '.join(f'{t:.3g}' for t in theta)})"
                             f"; coverage 68/95 %: {npe['coverage']}"))
+        mis = npe["misspecification"]
+        checks.append(Check("misspecification", mis["p_value"], mis["alpha"],
+                            not mis["flagged"],
+                            f"MMD p-value of the reference summaries against the training set "
+                            f"(pass if >= α); {mis['fraction_flagged']:.0%} of the pairs "
+                            f"flagged alone"))
     t_end = time.perf_counter()
 
     keep_keys = ("rms_dx", "rms_dv", "pk_ratio", "one_minus_r2", "pk_ratio_cv",
