@@ -56,6 +56,8 @@ def plot(results: dict, path: Path, threshold: float) -> None:
     for ax, name in zip(axes, ("max $|P/P_\\mathrm{ref}-1|$", "max $1-r^2$"), strict=True):
         ax.axhline(threshold, color="k", lw=1, ls=":")
         ax.set_xlabel("force evaluations")
+        ax.set_xticks([2, 3, 5, 10, 20, 40], ["2", "3", "5", "10", "20", "40"])
+        ax.minorticks_off()
         ax.set_ylabel(name + r", $k \leq 0.785\,h\,\mathrm{Mpc}^{-1}$")
     axes[0].legend(fontsize=7)
     fig.suptitle("tiny frame (trained at the fiducial cosmology): COCA (o, solid) vs COLA "
