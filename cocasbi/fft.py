@@ -9,16 +9,17 @@ Force meshes are float32 (memory and FFT speed); the initial conditions transfor
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
+
 import numpy as np
 
 from cocasbi.threads import default_threads
 
-try:
-    import pyfftw
-
-    HAVE_PYFFTW = True
-except ImportError:  # pragma: no cover - exercised only without pyFFTW
-    HAVE_PYFFTW = False
+#: pyFFTW is installed. It is imported on first use, not here: importing it loads libgomp, which
+#: reads the OpenMP wait policy once, so :func:`cocasbi.threads.configure_process` must be able
+#: to run after ``import cocasbi...`` and before the first transform.
+HAVE_PYFFTW = importlib.util.find_spec("pyfftw") is not None
 
 FFTW_FLAGS = ("FFTW_ESTIMATE", "FFTW_DESTROY_INPUT")  # MEASURE is not reproducible
 
@@ -26,13 +27,14 @@ FFTW_FLAGS = ("FFTW_ESTIMATE", "FFTW_DESTROY_INPUT")  # MEASURE is not reproduci
 def empty_aligned(shape, dtype):
     """SIMD-aligned empty array (pyFFTW's allocator when present)."""
     if HAVE_PYFFTW:
-        return pyfftw.empty_aligned(shape, dtype=dtype)
+        return importlib.import_module("pyfftw").empty_aligned(shape, dtype=dtype)
     return np.empty(shape, dtype=dtype)
 
 
 def fftw_plan(src, dst, direction: str, threads: int):
     """A pyFFTW plan of a 3D r2c (``FFTW_FORWARD``) or c2r (``FFTW_BACKWARD``) transform
     from ``src`` to ``dst`` (unnormalised both ways)."""
+    pyfftw = importlib.import_module("pyfftw")
     return pyfftw.FFTW(src, dst, axes=(0, 1, 2), direction=direction, flags=FFTW_FLAGS,
                        threads=threads)
 

@@ -85,7 +85,8 @@ def machine():
         "python": platform.python_version(),
         "numpy": np.__version__,
         "numba": numba.__version__,
-        "pyfftw": getattr(fft.pyfftw, "__version__", "?") if fft.HAVE_PYFFTW else "missing",
+        "pyfftw": (getattr(__import__("pyfftw"), "__version__", "?") if fft.HAVE_PYFFTW
+                   else "missing"),
         "numba_threading_layer": None,  # filled after the first parallel call
     }
 

@@ -40,6 +40,16 @@ def test_importing_every_module_changes_nothing():
     assert report["torch"][0] == report["torch"][1]
 
 
+def test_the_wait_policy_can_be_set_after_importing_cocasbi():
+    """libgomp reads OMP policy once, when it loads: no cocasbi import may load it (pyFFTW is
+    imported on first use), so configure_process() after the imports still takes effect."""
+    probe = ("import sys, cocasbi.simulation, cocasbi.forward, cocasbi.campaign\n"
+             "print('pyfftw' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip() == "False"
+
+
 def test_numba_threads_is_scoped_to_the_block():
     before = numba.get_num_threads()
     with numba_threads(1):
