@@ -13,6 +13,7 @@ from cocasbi.campaign import (
     plan_campaign,
     run_campaign,
 )
+from cocasbi.campaign.config import trust_producer_factory
 from cocasbi.campaign.frame_data import make_frame_data
 from cocasbi.config import load_config
 from cocasbi.forward import ForwardSpec
@@ -39,6 +40,21 @@ class Pairs:
 def make_pairs(cfg, threads=None, scale=1.0):
     """The factory a configuration names: ``test_campaign_producers:make_pairs``."""
     return Pairs(scale)
+
+
+trust_producer_factory("test_campaign_producers:make_pairs")
+
+
+def test_a_configuration_cannot_name_an_untrusted_factory(tmp_path):
+    """A YAML file or campaign directory naming e.g. ``os:system`` imports and runs nothing."""
+    import sys
+
+    cfg = pairs_campaign(tmp_path).model_copy(
+        update={"producer": ProducerSpec(factory="antigravity_probe_xyz:fly")})
+    with pytest.raises(ValueError, match="is not trusted"):
+        plan_campaign(cfg)
+    assert "antigravity_probe_xyz" not in sys.modules
+    assert not (tmp_path / "plan.h5").exists()
 
 
 @pytest.fixture

@@ -100,9 +100,22 @@ class ExecutionConfig(_Frozen):
         return value
 
 
+#: Producer factories a configuration may name. A name read from a file is never imported
+#: unless it is here: a campaign directory or YAML file must not be able to run arbitrary code
+#: (``subprocess:run``). Add your own from Python with :func:`trust_producer_factory`.
+TRUSTED_FACTORIES: set[str] = {"cocasbi.certify.farm:campaign_producer"}
+
+
+def trust_producer_factory(name: str) -> None:
+    """Allow configurations to name the producer factory ``"package.module:callable"`` in this
+    process (call it from your own code before planning or running such a campaign)."""
+    TRUSTED_FACTORIES.add(str(name))
+
+
 class ProducerSpec(_Frozen):
-    """A producer built by ``factory`` (``"package.module:callable"``), called as
-    ``factory(config, threads=threads, **options)`` with the campaign configuration."""
+    """A producer built by ``factory`` (``"package.module:callable"``, one of
+    :data:`TRUSTED_FACTORIES`), called as ``factory(config, threads=threads, **options)`` with
+    the campaign configuration."""
 
     factory: str
     options: dict = Field(default_factory=dict)
@@ -116,6 +129,11 @@ class ProducerSpec(_Frozen):
         return value
 
     def load(self):
+        if self.factory not in TRUSTED_FACTORIES:
+            raise ValueError(f"producer factory {self.factory!r} is not trusted: a configuration "
+                             "may only name "
+                             f"{', '.join(sorted(TRUSTED_FACTORIES))} (add yours from Python "
+                             "with cocasbi.campaign.config.trust_producer_factory)")
         module, _, attr = self.factory.partition(":")
         try:
             return getattr(importlib.import_module(module), attr)
