@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from functools import cached_property
 
 import numpy as np
-from scipy.integrate import quad, simpson, solve_ivp
 
 T_CMB = 2.7255  # [K]
 _A_EARLY = 1e-3  # start of the growth integration (pure matter domination there)
@@ -116,6 +115,8 @@ class Cosmology:
         a0 = _A_EARLY
         E0 = np.sqrt(Om / a0**3 + 1.0 - Om)
         y0 = [a0, a0**3 * E0, -3.0 / 7.0 * a0**2, a0**3 * E0 * (-6.0 / 7.0 * a0)]
+        from scipy.integrate import solve_ivp
+
         return solve_ivp(
             rhs,
             (np.log(a0), np.log(_A_LATE)),
@@ -176,10 +177,14 @@ class Cosmology:
     # ------------------------------------------------------------------ time integration
     def kick_factor(self, a0: float, a1: float) -> float:
         """Standard kick factor ∫ da / (a² E) from a0 to a1 (Δp = F × factor)."""
+        from scipy.integrate import quad
+
         return quad(lambda a: 1.0 / (a * a * self.E(a)), a0, a1, epsabs=0, epsrel=1e-13)[0]
 
     def drift_factor(self, a0: float, a1: float) -> float:
         """Standard drift factor ∫ da / (a³ E) from a0 to a1 (Δx = p × factor) [Mpc/h per p]."""
+        from scipy.integrate import quad
+
         return quad(lambda a: 1.0 / (a**3 * self.E(a)), a0, a1, epsabs=0, epsrel=1e-13)[0]
 
     def fastpm_kick_factor(self, a0: float, a1: float, ac: float) -> float:
@@ -240,6 +245,8 @@ def sigma_r_squared(power, r: float) -> float:
     k = np.exp(lnk)
     x = k * r
     w = 3.0 * (np.sin(x) - x * np.cos(x)) / x**3
+    from scipy.integrate import simpson
+
     return float(simpson(k**3 * power(k) * w**2 / (2 * np.pi**2), x=lnk))
 
 

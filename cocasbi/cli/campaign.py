@@ -8,19 +8,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
-from cocasbi.campaign import (
-    campaign_status,
-    load_campaign_config,
-    make_plan,
-    merge_campaign,
-    plan_campaign,
-    run_campaign,
-    stored_config,
-)
-from cocasbi.io.campaign_store import CampaignStore, CampaignStoreError
+if TYPE_CHECKING:
+    from cocasbi.io.campaign_store import CampaignStore
+
+# The farm (Dask, h5py, the simulation code) is imported inside the commands, so that
+# `cocasbi campaign --help` starts at once.
 
 app = typer.Typer(
     help="Simulation campaigns: plan θ and seeds, run them on Dask, check, merge.",
@@ -38,6 +34,9 @@ class CampaignCommandError(ValueError):
 
 def _store_for(campaign: str, directory: Path | None, plan: bool = False,
                force: bool = False) -> CampaignStore:
+    from cocasbi.campaign import load_campaign_config, make_plan, plan_campaign
+    from cocasbi.io.campaign_store import CampaignStore, CampaignStoreError
+
     if Path(campaign).is_dir() and (Path(campaign) / "plan.h5").exists():
         return CampaignStore(campaign)
     if Path(campaign).is_dir():
@@ -58,6 +57,7 @@ def _store_for(campaign: str, directory: Path | None, plan: bool = False,
 def _one_line(call, *args, **kwargs):
     """Run ``call`` turning store and run errors into the CLI's one-line ValueError."""
     from cocasbi.campaign import CampaignRunError
+    from cocasbi.io.campaign_store import CampaignStoreError
 
     try:
         return call(*args, **kwargs)
@@ -91,6 +91,8 @@ def run_command(
     progress: bool = typer.Option(True, help="show a progress bar"),
 ):
     """Run every unfinished simulation (plans first if needed); re-running resumes."""
+    from cocasbi.campaign import run_campaign, stored_config
+
     store = _store_for(campaign, directory, plan=True)
     execution = _one_line(stored_config, store).execution
     overrides = {"scheduler": scheduler, "workers": workers,
@@ -114,6 +116,8 @@ def run_command(
 def status_command(campaign: str = _CAMPAIGN, directory: Path | None = _DIRECTORY,
                    as_json: bool = typer.Option(False, "--json", help="print JSON")):
     """Counts of finished, failed, pending and running simulations."""
+    from cocasbi.campaign import campaign_status
+
     status = _one_line(campaign_status, _store_for(campaign, directory).directory)
     if as_json:
         typer.echo(json.dumps(status, indent=1))
@@ -145,5 +149,7 @@ def merge_command(campaign: str = _CAMPAIGN, directory: Path | None = _DIRECTORY
 
 
 def _merge_locked(store: CampaignStore, allow_corrupt: bool):
+    from cocasbi.campaign import merge_campaign
+
     with store.lock():
         return merge_campaign(store, allow_corrupt=allow_corrupt)

@@ -9,7 +9,6 @@ import typer
 
 from cocasbi.cli.common import fail, writable_directory
 from cocasbi.config import load_config
-from cocasbi.io.atomic import save_figure
 
 app = typer.Typer()
 
@@ -17,6 +16,8 @@ app = typer.Typer()
 def plot_power(path: Path, ps, linear_k, linear_p, title: str, shot_noise: float) -> None:
     """P(k) against linear theory, with the ratio underneath (PNG)."""
     import matplotlib
+
+    from cocasbi.io.atomic import save_figure
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
