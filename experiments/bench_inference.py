@@ -23,9 +23,9 @@ import numpy as np
 import torch
 
 from cocasbi.inference.config import EstimatorConfig, TrainingConfig, load_inference_config
-from cocasbi.inference.data import from_arrays
+from cocasbi.inference.data import from_model
 from cocasbi.inference.estimator import make_posterior, torch_threads, train_estimators
-from cocasbi.inference.gaussian_field import GaussianFieldModel
+from cocasbi.inference.gaussian_field import GaussianFieldModel, simulate_prior
 from cocasbi.inference.posterior import sample_posterior
 from cocasbi.seeds import simulation_seed
 
@@ -34,11 +34,7 @@ RESULTS = Path(__file__).resolve().parent / "results"  # numbers (JSON)
 
 
 def field_data(model, n, master=1):
-    rng = np.random.default_rng(np.random.SeedSequence(master))
-    theta = model.prior.design(n, rng, "uniform")
-    x = np.stack([model(t, simulation_seed(master, i)) for i, t in enumerate(theta)])
-    return from_arrays(theta, x, parameters=model.parameters, names=model.names,
-                       prior=model.prior, k=model.k)
+    return from_model(model, *simulate_prior(model, n, master))
 
 
 def timing(sizes=(1000, 5000, 20000), max_epochs=40):

@@ -32,3 +32,15 @@ def import_reference(name: str):
 def reference():
     """``reference("Pk_library")``: see :func:`import_reference`."""
     return import_reference
+
+
+@pytest.fixture
+def thread_client():
+    """A Dask client with one in-process worker: cheap, for campaign tests where separate
+    processes are not the point."""
+    import distributed
+
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
+                                  dashboard_address=None) as cluster:
+        with distributed.Client(cluster) as client:
+            yield client

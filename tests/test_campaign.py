@@ -84,15 +84,6 @@ def process_client():
             yield client
 
 
-@pytest.fixture
-def thread_client():
-    """One in-process worker: cheap, for tests where processes are not the point."""
-    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
-                                  dashboard_address=None) as cluster:
-        with distributed.Client(cluster) as client:
-            yield client
-
-
 # ---------------------------------------------------------------------------- plans
 def test_plan_is_a_seeded_latin_hypercube(tmp_path):
     cfg = campaign(tmp_path, n=50)

@@ -1,7 +1,6 @@
 """Producers of any kind on the one farm: summaries, frame samples, and a third-party kind
 given through a configuration's ``producer.factory`` or directly to ``run_campaign``."""
 
-import distributed
 import h5py
 import numpy as np
 import pytest
@@ -55,14 +54,6 @@ def test_a_configuration_cannot_name_an_untrusted_factory(tmp_path):
         plan_campaign(cfg)
     assert "antigravity_probe_xyz" not in sys.modules
     assert not (tmp_path / "plan.h5").exists()
-
-
-@pytest.fixture
-def thread_client():
-    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
-                                  dashboard_address=None) as cluster:
-        with distributed.Client(cluster) as client:
-            yield client
 
 
 def pairs_campaign(directory, kind="pairs"):

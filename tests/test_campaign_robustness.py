@@ -71,14 +71,6 @@ class Quick:
         return {"producer": "Quick"}
 
 
-@pytest.fixture
-def thread_client():
-    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
-                                  dashboard_address=None) as cluster:
-        with distributed.Client(cluster) as client:
-            yield client
-
-
 def _run_in_thread(limit, **kwargs):
     out = []
     t = threading.Thread(daemon=True, target=lambda: out.append(run_campaign(**kwargs)))

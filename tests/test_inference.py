@@ -16,9 +16,9 @@ from cocasbi.inference.config import (
     TrainingConfig,
     load_inference_config,
 )
-from cocasbi.inference.data import from_arrays, training_set
+from cocasbi.inference.data import from_arrays, from_model, training_set
 from cocasbi.inference.estimator import train_estimators
-from cocasbi.inference.gaussian_field import GaussianFieldModel, independent_modes
+from cocasbi.inference.gaussian_field import GaussianFieldModel, independent_modes, simulate_prior
 from cocasbi.inference.observation import (
     Observation,
     load_observation,
@@ -32,11 +32,7 @@ from cocasbi.seeds import simulation_seed
 
 
 def _field_data(model, n, master=1):
-    rng = np.random.default_rng(np.random.SeedSequence(master))
-    theta = model.prior.design(n, rng, "uniform")
-    x = np.stack([model(t, simulation_seed(master, i)) for i, t in enumerate(theta)])
-    return from_arrays(theta, x, parameters=model.parameters, names=model.names,
-                       prior=model.prior, k=model.k)
+    return from_model(model, *simulate_prior(model, n, master))
 
 
 @pytest.fixture(scope="module")

@@ -62,6 +62,13 @@ class TrainingData:
                             DataReport(len(rows), len(rows), {}))
 
 
+def from_model(model, theta, x, **kwargs) -> TrainingData:
+    """:func:`from_arrays` with the layout (parameters, names, prior, k) of a forward model
+    (``model.parameters``, ``.names``, ``.prior``, ``.k``)."""
+    return from_arrays(theta, x, parameters=model.parameters, names=model.names,
+                       prior=model.prior, k=model.k, **kwargs)
+
+
 def from_arrays(theta, x, *, parameters, names, prior: BoxPrior, k=None, status=None,
                 index=None, min_rows: int = 2) -> TrainingData:
     """Training data from numpy arrays θ (n, d) and x (n, m).

@@ -37,7 +37,7 @@ from scipy import stats
 
 from cocasbi import __version__
 from cocasbi.inference.box import ParameterBox
-from cocasbi.seeds import as_seed_sequence
+from cocasbi.seeds import as_seed_sequence, design_seed, simulation_seed
 
 PARAMETER = "A"  #: name of the one parameter: the amplitude of A · P_fid(k) (dimensionless)
 
@@ -246,3 +246,14 @@ def _grid_k(n: int, box_size: float) -> np.ndarray:
     k1 = np.fft.fftfreq(n, d=1.0 / n) * 2 * np.pi / box_size
     kz = np.arange(n // 2 + 1) * 2 * np.pi / box_size
     return np.sqrt(k1[:, None, None] ** 2 + k1[None, :, None] ** 2 + kz[None, None, :] ** 2)
+
+
+def simulate_prior(model, n: int, master_seed: int, progress: bool = False):
+    """θ (n, d) drawn uniformly from ``model.prior`` (stream ``design_seed(master_seed)``) and
+    x (n, m) with simulation i seeded by ``simulation_seed(master_seed, i)``."""
+    from tqdm.auto import tqdm
+
+    theta = model.prior.design(n, np.random.default_rng(design_seed(master_seed)), "uniform")
+    x = np.stack([model(t, simulation_seed(master_seed, i)) for i, t in
+                  enumerate(tqdm(theta, desc="simulate", unit="sim", disable=not progress))])
+    return theta, x

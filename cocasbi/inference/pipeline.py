@@ -28,13 +28,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from cocasbi.inference.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from cocasbi.inference.config import PipelineConfig
-from cocasbi.inference.data import TrainingData, from_arrays, training_set
+from cocasbi.inference.data import TrainingData, from_model, training_set
 from cocasbi.inference.diagnostics import plot_diagnostics, run_diagnostics, write_report
 from cocasbi.inference.estimator import train_estimators
+from cocasbi.inference.gaussian_field import simulate_prior
 from cocasbi.inference.observation import (
     Observation,
     check_layout,
@@ -48,7 +48,6 @@ from cocasbi.io.atomic import atomic_path
 from cocasbi.seeds import (
     Stream,
     derived_master_seed,
-    design_seed,
     simulation_seed,
     stream_seed,
 )
@@ -121,19 +120,11 @@ def _simulate_field(cfg: PipelineConfig, directory: Path, progress: bool):
     if path.is_file():
         with np.load(path) as f:
             if str(f["key"]) == key:
-                return _field_data(model, f["theta"], f["x"]), True
-    rng = np.random.default_rng(design_seed(cfg.master_seed))
-    theta = model.prior.design(spec.n_simulations, rng, "uniform")
-    x = np.stack([model(t, simulation_seed(cfg.master_seed, i)) for i, t in
-                  enumerate(tqdm(theta, desc="simulate", unit="sim", disable=not progress))])
+                return from_model(model, f["theta"], f["x"]), True
+    theta, x = simulate_prior(model, spec.n_simulations, cfg.master_seed, progress)
     with atomic_path(path) as tmp, open(tmp, "wb") as fh:
         np.savez(fh, theta=theta, x=x, key=key)
-    return _field_data(model, theta, x), False
-
-
-def _field_data(model, theta, x) -> TrainingData:
-    return from_arrays(theta, x, parameters=model.parameters, names=model.names,
-                       prior=model.prior, k=model.k)
+    return from_model(model, theta, x), False
 
 
 def split_held_out(data: TrainingData, n_test: int, min_train: int):
@@ -238,7 +229,7 @@ def _sequential_round(cfg, directory, ckpt, train, obs, r, progress, base):
         offset = cfg.gaussian_field.n_simulations + (r - 1) * n
         x = np.stack([model(t, simulation_seed(cfg.master_seed, offset + i))
                       for i, t in enumerate(theta)])
-        new = _field_data(model, theta, x)
+        new = from_model(model, theta, x)
     else:
         from cocasbi.campaign import plan_campaign, run_campaign
 
