@@ -26,10 +26,12 @@ from cocasbi.cosmology import check_parameter
 #: Configuration kinds, each a folder of built-in YAML files under ``configs/``.
 KINDS = ("simulation", "campaign", "inference", "certify")
 
-#: Top-level keys that identify a file of another kind than ``simulation``.
-_KIND_MARKERS = {"campaign": {"n_simulations", "master_seed", "forward", "execution"},
-                 "inference": {"campaign", "npe", "observation"},
-                 "certify": {"thresholds", "reference", "under_test"}}
+#: Top-level keys that identify a file of another kind than ``simulation``, checked in this
+#: order (an inference file names a campaign, a certification file has NPE settings).
+_KIND_MARKERS = {"certify": {"under_test", "reference", "thresholds", "convergence", "fisher"},
+                 "inference": {"estimator", "training", "gaussian_field", "n_test",
+                               "sequential", "credibility"},
+                 "campaign": {"n_simulations", "forward", "execution"}}
 
 
 class _Frozen(BaseModel):
@@ -273,6 +275,7 @@ def load_config(path: str | Path) -> Config:
     data = read_yaml(path)
     kind = config_kind(data)
     if kind != "simulation":
-        raise ConfigError(f"{path} is a {kind} configuration, not a simulation one: use it "
+        article = "an" if kind[0] in "aeiou" else "a"
+        raise ConfigError(f"{path} is {article} {kind} configuration, not a simulation one: use it "
                           f"with `cocasbi {_COMMAND[kind]}`")
     return config_from_dict(data, source=str(path))

@@ -70,3 +70,15 @@ def test_a_config_of_another_kind_is_named_as_such():
         load_config("campaign_tiny")
     with pytest.raises(ConfigError, match="is a campaign configuration"):
         load_config(builtin_config_path("campaign_tiny", "campaign"))
+
+
+def test_every_shipped_config_is_recognised_as_its_kind():
+    from importlib import resources
+
+    from cocasbi.config import config_kind, read_yaml
+
+    root = resources.files("cocasbi") / "configs"
+    for kind in KINDS:
+        for path in (root / kind).iterdir():
+            if path.name.endswith(".yaml"):
+                assert config_kind(read_yaml(Path(str(path)))) == kind, path.name
