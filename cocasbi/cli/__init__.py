@@ -9,7 +9,6 @@ one-line ``error: ...`` on stderr with exit code 2; set ``COCASBI_DEBUG=1`` for 
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import os
 
 import typer
@@ -59,8 +58,7 @@ class LazyGroup(TyperGroup):
             raise typer.Exit(2) from None
 
     def list_commands(self, ctx):
-        return [name for name, (module, _, _) in COMMANDS.items()
-                if importlib.util.find_spec(module) is not None]
+        return list(COMMANDS)
 
     def get_command(self, ctx, name):
         if name not in COMMANDS:
