@@ -707,3 +707,173 @@ def test_force_input_frame_predicts_what_its_moments_fit(small_data, tmp_path):
     wrong = {**model.to_dict(), "force_times": np.array([0.5, 1.0])}
     with pytest.raises(ValueError, match="tau"):
         transfer_from(wrong, 2)
+
+
+# ---------------------------------------------------------------------------- local network
+@pytest.fixture(scope="module")
+def local_setup(small_data):
+    """A force-input transfer frame on the small data set and its prepared samples."""
+    pytest.importorskip("torch")
+    from cocasbi.frame.training.local import force_transfer_frame, prepare_sample
+    from cocasbi.frame.training.moments import sample_moments
+    from cocasbi.frame.transfer import lpt_forces
+
+    _, paths = small_data
+    mom = []
+    for p in paths:
+        s = read_sample(p, residual=False)
+        mom.append(sample_moments(p, extra=lpt_forces(s.psi1, s.psi2, s.box_size, s.cosmology,
+                                                      (0.5,))))
+    basis, base = force_transfer_frame(mom[:2], (0, 1, 2), (0.5,), K=2, ridge=0.01, degree=0)
+    samples = [prepare_sample(p, base, basis) for p in paths]
+    return paths, basis, base, samples
+
+
+def _local_model(base, samples, seed=0, hidden=6, dilations=(1, 2)):
+    import torch
+
+    from cocasbi.frame.local import LocalFrameModel, LocalNet
+
+    torch.manual_seed(seed)
+    c_in = samples[0]["fields"].shape[0] + len(base.features.names)
+    net = LocalNet(c_in, 3 * base.K, hidden, dilations)
+    for p in net.out.parameters():  # a non-trivial output layer
+        torch.nn.init.normal_(p, std=0.1)
+    scale = np.sqrt(np.mean(samples[0]["fields"].astype(np.float64) ** 2, axis=(1, 2, 3)))
+    return LocalFrameModel(net, base, scale, 0.05, base.features, 2.0)
+
+
+def test_untrained_local_frame_is_the_transfer_frame(local_setup):
+    """The output layer starts at zero: the frame's prediction is the transfer model's."""
+    from cocasbi.frame.local import LocalFrameModel, LocalNet
+
+    paths, basis, base, samples = local_setup
+    s = read_sample(paths[2], residual=False)
+    p1, p2 = s.psi1.reshape(-1, 3), s.psi2.reshape(-1, 3)
+    net = LocalNet(samples[0]["fields"].shape[0] + 2, 3 * base.K, 4, (1, 2))
+    model = LocalFrameModel(net, base, np.ones(samples[0]["fields"].shape[0]), 1.0,
+                            base.features, s.box_size / s.n)
+    np.testing.assert_array_equal(model.predict(p1, p2, s.box_size, s.cosmology),
+                                  base.predict(p1, p2, s.box_size, s.cosmology))
+
+
+def test_local_network_pads_once_like_circular_convolutions(local_setup):
+    """One circular pad by the receptive radius + unpadded convolutions = the same network
+    with circular padding in every layer; a lattice shift of the inputs shifts the output."""
+    import torch
+    import torch.nn.functional as F
+
+    _, _, base, samples = local_setup
+    model = _local_model(base, samples, dilations=(1, 2, 3))
+    net = model.net
+    x = model.network_input(samples[1]["fields"], samples[1]["cosmology"])
+
+    def reference(x):  # pad every layer circularly by its dilation
+        def conv(h, layer, d):
+            return F.conv3d(F.pad(h, (d,) * 6, mode="circular"), layer.weight, layer.bias,
+                            dilation=d)
+        h = net.act(conv(x, net.convs[0], net.dilations[0]))
+        for layer, d in zip(net.convs[1:], net.dilations[1:], strict=True):
+            h = h + net.act(conv(h, layer, d))
+        return net.out(h)
+
+    with torch.no_grad():
+        y = net.periodic(x)
+        np.testing.assert_allclose(y.numpy(), reference(x).numpy(), rtol=0, atol=1e-5)
+        assert y.abs().max() > 1e-3
+        for shift in ((3, 0, 0), (0, -5, 0), (1, 2, 7)):
+            ys = net.periodic(torch.roll(x, shift, dims=(2, 3, 4)))
+            np.testing.assert_allclose(ys.numpy(), torch.roll(y, shift, dims=(2, 3, 4)).numpy(),
+                                       rtol=0, atol=1e-5)
+    with pytest.raises(ValueError, match="receptive radius"):
+        net.periodic(x[..., :6, :6, :6])
+
+
+def test_periodic_crop_is_a_window_of_the_periodic_box():
+    torch = pytest.importorskip("torch")
+    from cocasbi.frame.training.local import periodic_crop
+
+    x = torch.arange(2 * 8**3, dtype=torch.float32).reshape(2, 8, 8, 8)
+    c = periodic_crop(x, (6, 0, 3), 4, 2)
+    big = np.pad(x.numpy(), ((0, 0), (8, 8), (8, 8), (8, 8)), mode="wrap")
+    np.testing.assert_array_equal(c.numpy(), big[:, 12:20, 6:14, 9:17])
+
+
+def test_held_out_terms_give_the_exact_drift_weighted_error(local_setup):
+    """The drift error from the compact held-out terms equals relative_errors on the error
+    Gram matrix computed from the stored residual."""
+    from cocasbi.frame.training.local import held_out_terms
+
+    paths, basis, base, samples = local_setup
+    s = read_sample(paths[2])
+    with h5py.File(paths[2], "r") as f:
+        L = drift_matrix(s.times, f["boundaries"][...], f["half"][...],
+                         Cosmology(**s.cosmology))
+    held = held_out_terms(paths[2], basis)
+    rng = np.random.default_rng(0)
+    for c in (samples[2]["base"].astype(np.float64),
+              samples[2]["base"] + 0.1 * rng.standard_normal(samples[2]["base"].shape)):
+        r = s.residual.reshape(len(s.times), -1).astype(np.float64)
+        d = r - basis.functions.T @ c.reshape(basis.K, -1)
+        want = relative_errors(d @ d.T, r @ r.T, L)
+        got = held.errors(c)
+        assert got["drift"] == pytest.approx(want["drift"], rel=1e-5)
+        assert got["drift_final"] == pytest.approx(want["drift_final"], rel=1e-5)
+
+
+def test_local_frame_training_lowers_the_loss_and_round_trips(local_setup, tmp_path):
+    """A short training lowers the training loss; the saved frame loads (kind 'local') and
+    predicts what the trained model predicts; the sample path equals the runtime path."""
+    import torch
+
+    from cocasbi.frame.training.local import (
+        LocalTrainingSettings,
+        held_out_terms,
+        predict_sample,
+        train_local,
+    )
+
+    torch.set_num_threads(1)
+    paths, basis, base, samples = local_setup
+    settings = LocalTrainingSettings(steps=60, batch=2, crop=8, lr=3e-3, eval_every=30,
+                                     hidden=8, dilations=(1, 2, 1))
+    model, hist = train_local(samples[:2], [(samples[2], held_out_terms(paths[2], basis))],
+                              base, settings, progress=False)
+    assert hist["step"] == [0, 30, 60] and hist["n_train"] == 2
+    assert hist["train_loss"][-1] < 0.95  # in units of the correction's variance
+    s = read_sample(paths[2], residual=False)
+    p1, p2 = s.psi1.reshape(-1, 3), s.psi2.reshape(-1, 3)
+    direct = model.predict(p1, p2, s.box_size, s.cosmology)
+    np.testing.assert_allclose(predict_sample(model, samples[2]), direct, rtol=0,
+                               atol=1e-5 * np.abs(direct).max())
+    emu = load_frame(FrameEmulator("local", basis, model, {"note": "t"}).save(tmp_path / "l.pt"))
+    assert emu.kind == "local" and emu.meta == {"note": "t"}
+    np.testing.assert_array_equal(emu.model.predict(p1, p2, s.box_size, s.cosmology), direct)
+    with pytest.raises(ValueError, match="particle spacing of 2 Mpc/h, this run has 4"):
+        emu.model.predict(p1, p2, 2 * s.box_size, s.cosmology)
+
+
+def test_crafted_local_frame_files_are_rejected(local_setup, tmp_path):
+    torch = pytest.importorskip("torch")
+
+    _, basis, base, samples = local_setup
+    model = _local_model(base, samples)
+    path = FrameEmulator("local", basis, model, {}).save(tmp_path / "ok.pt")
+    obj = torch.load(path, weights_only=True)
+    extra = obj["extra"]
+    cases = {
+        "vnet_class": ({**obj, "class": "StyledVNet", "hparams": {}}, "not a LocalNet"),
+        "dilation": ({**obj, "hparams": {**obj["hparams"], "dilations": [1, 0]}}, "dilation"),
+        "evil_class": ({**obj, "class": "os:system"}, "model class 'os:system'"),
+        "in_scale": ({**obj, "extra": {**extra, "in_scale": torch.ones(3)}}, "in_scale"),
+        "spacing": ({**obj, "extra": {**extra, "spacing": -2.0}}, "positive"),
+        "base": ({**obj, "extra": {**extra, "base": {**extra["base"], "tau": torch.zeros(2)}}},
+                 "tau"),
+        "weights": ({**obj, "state_dict": {**obj["state_dict"],
+                                           "out.weight": torch.zeros(1, 1, 1, 1, 1)}},
+                    "out.weight"),
+    }
+    for name, (bad, match) in cases.items():
+        torch.save(bad, tmp_path / f"{name}.pt")
+        with pytest.raises(ValueError, match=match):
+            load_frame(tmp_path / f"{name}.pt")

@@ -25,9 +25,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from torch import nn
 
+from cocasbi.frame.local import LocalNet
 from cocasbi.frame.vnet import StyledVNet
 from cocasbi.io.atomic import atomic_path
 
@@ -48,9 +49,29 @@ class StyledVNetParams(BaseModel):
     mapping_dim: int = Field(32, ge=1, le=4096, description="width of the style mapping MLP")
 
 
+class LocalNetParams(BaseModel):
+    """Constructor keyword arguments of :class:`~cocasbi.frame.local.LocalNet`."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    in_channels: int = Field(20, ge=1, le=1024, description="input field channels")
+    out_channels: int = Field(12, ge=1, le=1024, description="output field channels")
+    hidden: int = Field(24, ge=1, le=512, description="channels of the hidden layers")
+    dilations: list[int] = Field([1, 2, 4, 1], min_length=1, max_length=16,
+                                 description="dilation of each 3^3 convolution (1..16)")
+
+    @field_validator("dilations")
+    @classmethod
+    def _dilations(cls, value: list[int]) -> list[int]:
+        if any(not 1 <= d <= 16 for d in value):
+            raise ValueError("every dilation must lie in 1..16")
+        return value
+
+
 #: The only classes a model file may name: name -> (class, schema of its keyword arguments).
 MODEL_CLASSES: dict[str, tuple[type[nn.Module], type[BaseModel]]] = {
     "StyledVNet": (StyledVNet, StyledVNetParams),
+    "LocalNet": (LocalNet, LocalNetParams),
 }
 #: Class names written by earlier versions (a plain string, never imported).
 _LEGACY_NAMES = {"cocasbi.frame.vnet:StyledVNet": "StyledVNet"}

@@ -73,8 +73,9 @@ class EmulatedFrame:
 
 @dataclass
 class FrameEmulator:
-    """A trained frame model (unbound). ``kind``: ``transfer`` or ``vnet``; ``model`` has
-    ``predict(psi1, psi2, box_size, cosmology_dict) -> (K, N³, 3)``; ``meta``: provenance."""
+    """A trained frame model (unbound). ``kind``: ``transfer``, ``vnet`` or ``local``;
+    ``model`` has ``predict(psi1, psi2, box_size, cosmology_dict) -> (K, N³, 3)``;
+    ``meta``: provenance."""
 
     kind: str
     basis: TimeBasis
@@ -102,13 +103,18 @@ class FrameEmulator:
         return EmulatedFrame(self.basis, coeffs, cosmo, time.perf_counter() - t0)
 
     def save(self, path: str | Path) -> Path:
-        """Transfer models → ``.npz`` (no torch needed); V-nets → model file (torch)."""
+        """Transfer models → ``.npz`` (no torch needed); V-net and local frames → model
+        file (torch)."""
         if self.kind == "transfer":
             return write_transfer_frame(path, self.basis, self.model, self.meta)
         if self.kind == "vnet":
             from cocasbi.frame.neural import save_vnet_frame
 
             return save_vnet_frame(path, self.basis, self.model, self.meta)
+        if self.kind == "local":
+            from cocasbi.frame.local import save_local_frame
+
+            return save_local_frame(path, self.basis, self.model, self.meta)
         raise ValueError(f"unknown frame kind {self.kind!r}")
 
 
@@ -129,9 +135,18 @@ def load_frame(path: str | Path, device: str = "cpu") -> FrameEmulator:
     if path.suffix == ".npz":
         basis, model, meta = read_transfer_frame(path)
         return FrameEmulator("transfer", basis, model, meta)
+    from cocasbi.frame.checkpoint import read_checkpoint
+
+    obj = read_checkpoint(path)
+    extra = obj.get("extra")
+    if isinstance(extra, dict) and extra.get("kind") == "local":
+        from cocasbi.frame.local import local_frame_from
+
+        basis, model, meta = local_frame_from(obj, str(path), device)
+        return FrameEmulator("local", basis, model, meta)
     from cocasbi.frame.neural import read_vnet_frame
 
-    basis, model, meta = read_vnet_frame(path, device)
+    basis, model, meta = read_vnet_frame(path, device, obj)
     return FrameEmulator("vnet", basis, model, meta)
 
 

@@ -115,13 +115,14 @@ def save_vnet_frame(path: str | Path, basis: TimeBasis, model: VNetFrameModel,
     return path
 
 
-def read_vnet_frame(path: str | Path,
-                    device: str = "cpu") -> tuple[TimeBasis, VNetFrameModel, dict]:
+def read_vnet_frame(path: str | Path, device: str = "cpu",
+                    obj: dict | None = None) -> tuple[TimeBasis, VNetFrameModel, dict]:
     """(basis, model on ``device``, meta) of a V-net frame file, every entry validated
-    (one-line ValueError naming the file and the problem)."""
+    (one-line ValueError naming the file and the problem); ``obj``: the file's dict if it
+    was read already (:func:`cocasbi.frame.checkpoint.read_checkpoint`)."""
     from cocasbi.frame.files import array, basis_from, features_from, transfer_from
 
-    obj = read_checkpoint(path)
+    obj = read_checkpoint(path) if obj is None else obj
     where = str(path)
     net = build_model(obj, where)  # allow-listed class, validated hyper-parameters
     extra = obj.get("extra")

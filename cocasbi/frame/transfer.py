@@ -147,13 +147,23 @@ class TransferModel:
         return np.stack([[np.interp(k, self.k_nodes, node_vals[s, c]) for c in range(self.K)]
                          for s in range(self.n_sources)])
 
+    def forces(self, psi1: np.ndarray, psi2: np.ndarray, box_size: float,
+               cosmology: dict[str, float]) -> list[np.ndarray]:
+        """The model's force inputs (:func:`lpt_forces` at ``force_times``; [] if none)."""
+        if not self.force_times:
+            return []
+        return lpt_forces(psi1, psi2, box_size, cosmology, self.force_times, self.force_mesh)
+
     def predict(self, psi1: np.ndarray, psi2: np.ndarray, box_size: float,
-                cosmology: dict[str, float]) -> np.ndarray:
+                cosmology: dict[str, float], forces=None) -> np.ndarray:
         """Coefficient fields c_k (K, N³, 3) float64 [Mpc/h] from Ψ1, Ψ2 ((N³, 3), [Mpc/h])
-        (and the forces at the LPT positions, if the model has force inputs)."""
+        (and the forces at the LPT positions, if the model has force inputs: computed here
+        unless ``forces``, the output of :meth:`forces`, is given)."""
         n = round((np.asarray(psi1).size / 3) ** (1 / 3))
-        extra = (lpt_forces(psi1, psi2, box_size, cosmology, self.force_times, self.force_mesh)
-                 if self.force_times else [])
+        extra = self.forces(psi1, psi2, box_size, cosmology) if forces is None else forces
+        if len(extra) != len(self.force_times):
+            raise ValueError(f"{len(extra)} force fields for {len(self.force_times)} force "
+                             "times")
         fields = [_rfft_fields(f, n) for f in (psi1, psi2, *extra)]
         u, _ = _mode_geometry(n)
         k = u * (2 * np.pi / box_size)
