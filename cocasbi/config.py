@@ -88,6 +88,10 @@ class SimulationConfig(_Frozen):
     )
     lpt_order: Literal[1, 2] = 2
     final_kick: bool = Field(True, description="evaluate the force at a_final (final momenta)")
+    kicks: Literal["fine", "interval"] = Field(
+        "fine", description="with skipped forces (COCA), a computed force kicks over its two fine "
+        "half steps (fine) or over the whole interval it stands for (interval)"
+    )
     snapshots: list[float] = Field(default_factory=list, description="extra output a values")
     seed: int = Field(42, ge=0)
     fixed_amplitude: bool = False

@@ -7,7 +7,9 @@ residual p_ML (COCA, p_c = p − p_LPT − p_ML). With the frame's acceleration 
 
     p_c += [F(x) − F_LPT(a_b)] K(a0, a1) − [p_ML(a1) − p_ML(a0)],
 
-a half-kick next to a skipped boundary leaves p_c unchanged, and the drift is
+a half-kick next to a skipped boundary leaves p_c unchanged (with ``kicks="interval"`` the
+kicks of a computed force cover the whole interval it stands for instead: :class:`Stepper`),
+and the drift is
 
     x += [Ψ_LPT(a_{i+1}) − Ψ_LPT(a_i)] + [p_ML(a_{i+½}) + p_c] D(a_i, a_{i+1}).
 
@@ -130,6 +132,42 @@ def force_schedule(spec, n_steps: int, final_kick: bool = True) -> np.ndarray:
             "every:M or a list of boundary indices"
         )
     return mask
+
+
+def force_intervals(schedule: TimeSchedule, forces: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The interval [start, end] each computed force stands for (``kicks: interval``).
+
+    Consecutive computed forces split the time between them at their mid-point (the
+    schedule's rule: arithmetic, geometric for ``log``), kept between the fine half steps next
+    to them, so adjacent forces split at a_{j+½}. The first interval starts at a_0. The end
+    of the run belongs to a force at a_n, computed or not (a skipped one changes only the
+    final momenta): a last computed force at j < n ends at the mid-point of a_j and a_n, as
+    the last step of a leapfrog with n' steps does. With every force computed, every interval
+    is the two fine half steps around its force.
+
+    Returns
+    -------
+    start, end : (n + 1,) float64 arrays
+        Scale factors bounding each computed force's interval; NaN at skipped boundaries.
+    """
+    b, half = schedule.boundaries, schedule.half
+    n = schedule.n_steps
+    mask = np.asarray(forces, dtype=bool)
+    start, end = np.full(n + 1, np.nan), np.full(n + 1, np.nan)
+    idx = np.flatnonzero(mask)
+    if not idx.size:
+        return start, end
+    stops = idx if idx[-1] == n else np.append(idx, n)  # a_n stands for the end of the run
+    start[idx[0]] = b[0]
+    for jp, j in zip(stops[:-1], stops[1:], strict=True):
+        mid = (np.sqrt(b[jp] * b[j]) if schedule.spacing == "log" else 0.5 * (b[jp] + b[j]))
+        mid = min(max(mid, half[jp]), half[j - 1])
+        end[jp] = mid
+        if mask[j]:
+            start[j] = mid
+    if mask[n]:
+        end[n] = b[n]
+    return start, end
 
 
 # ---------------------------------------------------------------------------- frames
@@ -274,6 +312,7 @@ class _Pass:
 
 # ---------------------------------------------------------------------------- stepper
 METHODS = ("pm", "cola", "coca")
+KICKS = ("fine", "interval")
 
 
 @dataclass
@@ -290,6 +329,14 @@ class Stepper:
     one pass over the particles (:func:`_particle_pass`). Reading ``x``, ``p_c``,
     :meth:`momenta` or :meth:`lpt_residual` first completes the pending work, so observers see
     the state of their query time; the result does not depend on what they read.
+
+    kicks: ``fine`` (a computed force kicks over the two fine half steps next to it) or
+    ``interval`` (its kicks cover the whole interval of :func:`force_intervals`: beyond the
+    fine half steps the residual force g = F − F_LPT(a_j) − F_ML(a_j) is taken constant, with
+    F_ML(a_j) = [p_ML(a_{j+½}) − p_ML(a_{j−½})] / K(a_{j−½}, a_{j+½}) the frame's own force,
+    one-sided at a_0 and a_n; F_ML = 0 without a frame). With every force computed both are
+    the same, bit for bit. frame_force=False (a study control, not a method) takes
+    g = F − F_LPT(a_j) instead: it breaks the perfect-frame invariant.
     """
 
     cosmo: Cosmology
@@ -303,10 +350,14 @@ class Stepper:
     forces: np.ndarray | None = None
     observers: list[Callable] = field(default_factory=list)
     n_force_evaluations: int = 0
+    kicks: str = "fine"
+    frame_force: bool = True
 
     def __post_init__(self):
         if self.method not in METHODS:
             raise ValueError(f"unknown method {self.method!r}; choose from {METHODS}")
+        if self.kicks not in KICKS:
+            raise ValueError(f"unknown kicks {self.kicks!r}; choose from {KICKS}")
         nb = len(self.schedule.boundaries)
         if self.forces is None:
             self.forces = np.ones(nb, dtype=bool)
@@ -321,6 +372,8 @@ class Stepper:
             raise ValueError("plain PM cannot skip forces before a_final")
         self._pending = _Pass()
         self._x = self._p = None
+        self._extra = (np.zeros(nb), np.zeros(nb))  # interval kick factors (run sets them)
+        self._f_ml = None  # the frame's force at the live computed force (interval kicks)
 
     # -- state (reading it completes the pending particle work)
     @property
@@ -373,9 +426,41 @@ class Stepper:
         else:  # any callable x -> (N, 3) forces
             force = _Force(a, uses, values=np.asarray(self.solver(self._x), dtype=np.float64))
         self._pending.force = force
+        self._f_ml = None
+        if (self.frame is not None and self.frame_force
+                and (self._extra[0][index] > 0 or self._extra[1][index] > 0)):
+            self._f_ml = self._frame_acceleration(index)
         return force
 
-    def _kick(self, force, a_force: float, a0: float, a1: float):
+    def _frame_acceleration(self, index: int) -> np.ndarray:
+        """F_ML(a_j): the frame's force on the fine step around boundary j, one-sided at a_0
+        and a_n, (N, 3) float64 [Mpc/h per unit kick factor]."""
+        b, half, n = self.schedule.boundaries, self.schedule.half, self.schedule.n_steps
+        lo = float(half[index - 1] if index > 0 else b[0])
+        hi = float(half[index] if index < n else b[n])
+        dp = (np.asarray(self.frame.residual_momentum(hi), dtype=np.float64)
+              - np.asarray(self.frame.residual_momentum(lo), dtype=np.float64))
+        return dp / self.cosmo.kick_factor(lo, hi)
+
+    def _interval_extras(self) -> tuple[np.ndarray, np.ndarray]:
+        """Kick factors the closing and the opening kick at each boundary add beyond their
+        fine half step: K(start, a_{j−½}) and K(a_{j+½}, end) (0 for ``fine`` kicks)."""
+        nb = len(self.schedule.boundaries)
+        close, opening = np.zeros(nb), np.zeros(nb)
+        if self.kicks == "fine":
+            return close, opening
+        start, end = force_intervals(self.schedule, self.forces)
+        half, k = self.schedule.half, self.cosmo.kick_factor
+        for j in np.flatnonzero(self.forces):
+            if j > 0 and start[j] < half[j - 1]:
+                close[j] = k(float(start[j]), float(half[j - 1]))
+            if j < nb - 1 and end[j] > half[j]:
+                opening[j] = k(float(half[j]), float(end[j]))
+        return close, opening
+
+    def _kick(self, force, a_force: float, a0: float, a1: float, extra: float = 0.0):
+        """Queue one kick of ``force`` over [a0, a1], plus ``extra`` (an interval kick's kick
+        factor beyond [a0, a1], with the frame's force F_ML subtracted over it)."""
         if force is None:
             return
         pend = self._pending
@@ -393,6 +478,10 @@ class Stepper:
         if self.frame is not None:
             m0 = np.asarray(self.frame.residual_momentum(a0), dtype=np.float64)
             m1 = np.asarray(self.frame.residual_momentum(a1), dtype=np.float64)
+        if extra > 0:  # g K_extra with g = F − F_LPT − F_ML: kick factor and frame array
+            k = k + extra
+            if self._f_ml is not None:
+                m0 = m0 - self._f_ml * extra
         pend.kicks.append((float(k), m0, m1))
         force.uses -= 1
 
@@ -480,6 +569,7 @@ class Stepper:
             self._p = np.zeros_like(self._x)
         else:
             self._p = -np.asarray(self.frame.residual_momentum(self.a), dtype=np.float64)
+        self._extra = self._interval_extras()
         self._observe("start")
         force = self._force(0)
         stops = self._collapse_stops()
@@ -491,7 +581,7 @@ class Stepper:
             while stops is not None and j < sched.n_steps and not stops[j]:
                 j += 1
             a0, ah, a1 = float(b[i]), float(half[i]), float(b[j])
-            self._kick(force, a0, a0, ah)
+            self._kick(force, a0, a0, ah, float(self._extra[1][i]))
             self.a = ah
             self._observe("half")
             if j == i + 1:
@@ -499,7 +589,7 @@ class Stepper:
             else:
                 self._drift_run(i, j)
             force = self._force(j)
-            self._kick(force, a1, float(half[j - 1]), a1)
+            self._kick(force, a1, float(half[j - 1]), a1, float(self._extra[0][j]))
             self.a = a1
             self._observe("boundary")
             bar.update(j - i)

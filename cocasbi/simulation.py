@@ -135,7 +135,7 @@ def simulate(cfg: Config, seed=None, frame: Frame | None = None, forces="all",
     with numba_threads(sim.threads):
         stepper = Stepper(
             cosmo, lpt, schedule, solver, sim.box_size, method=sim.method,
-            pm_factors=sim.pm_factors, frame=frame, forces=mask,
+            pm_factors=sim.pm_factors, frame=frame, forces=mask, kicks=sim.kicks,
             observers=[snaps, *observers],
         ).run(progress=progress)
     final = Snapshot(float(schedule.boundaries[-1]), stepper.x, stepper.momenta())

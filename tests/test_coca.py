@@ -4,7 +4,17 @@ import numpy as np
 import pytest
 
 from cocasbi.config import load_config
-from cocasbi.nbody import OracleFrame, ResidualRecorder
+from cocasbi.cosmology import Cosmology
+from cocasbi.gravity import ForceSolver
+from cocasbi.ic import LPTFields
+from cocasbi.nbody import (
+    OracleFrame,
+    ResidualRecorder,
+    Stepper,
+    TimeSchedule,
+    force_intervals,
+    force_schedule,
+)
 from cocasbi.simulation import simulate
 from cocasbi.stats.metrics import rms_displacement
 
@@ -126,3 +136,85 @@ def test_non_finite_simulation_is_a_clear_error(cola):
     broken.momenta[3, 0, 0] = np.nan  # one NaN in the frame at one query time
     with pytest.raises(FloatingPointError, match="non-finite positions or momenta"):
         simulate(COCA, frame=broken, forces="none", lpt=res.lpt)
+
+
+# ---------------------------------------------------------------------------- interval kicks
+@pytest.mark.parametrize("final_kick", [True, False])
+@pytest.mark.parametrize("method", ["pm", "cola", "coca"])
+def test_interval_kicks_with_every_force_are_fine_bit_for_bit(cola, method, final_kick):
+    res, oracle = cola
+    cfg = CFG.replace(simulation={"method": method, "final_kick": final_kick})
+    frame = oracle.scaled(0.5) if method == "coca" else None
+    fine = simulate(cfg, frame=frame, lpt=res.lpt)
+    interval = simulate(cfg.replace(simulation={"kicks": "interval"}), frame=frame, lpt=res.lpt)
+    np.testing.assert_array_equal(interval.final.positions, fine.final.positions)
+    np.testing.assert_array_equal(interval.final.momenta, fine.final.momenta)
+
+
+def _stepper(res, frame, forces, **kw):
+    sim = CFG.simulation
+    solver = ForceSolver(sim.n_mesh, sim.box_size, res.cosmology.Omega_m)
+    mask = force_schedule(forces, res.schedule.n_steps)
+    return Stepper(res.cosmology, res.lpt, res.schedule, solver, sim.box_size, method="coca",
+                   frame=frame, forces=mask, **kw).run()
+
+
+@pytest.mark.parametrize("forces", ["even:3", "last:2", "first:1", "every:2", [2]])
+def test_perfect_frame_with_interval_kicks_is_cola(cola, forces):
+    # With the oracle frame the residual force F − F_LPT − F_ML vanishes: any force schedule
+    # reproduces the COLA run the frame was recorded from. Taking g = F − F_LPT (ignoring the
+    # frame's own force) kicks the frame's acceleration a second time over the interval.
+    res, oracle = cola
+    coca = simulate(COCA.replace(simulation={"kicks": "interval"}), frame=oracle,
+                    forces=forces, lpt=res.lpt)
+    assert _rms(coca.final.positions, res.final.positions) < 1e-9
+    np.testing.assert_allclose(coca.final.momenta, res.final.momenta, atol=1e-8)
+    lpt_only = _stepper(res, oracle, forces, kicks="interval", frame_force=False)
+    assert _rms(lpt_only.x, res.final.positions) > 0.1
+
+
+@pytest.mark.parametrize("final_kick", [True, False])
+def test_cola_with_every_other_force_and_interval_kicks_is_cola_with_half_the_steps(
+        cola, final_kick):
+    # 2m fine steps, forces at every other boundary: each kick covers the coarse half step and
+    # fine drifts add up to the coarse one, so interval kicks give COLA-m to round-off; fine
+    # kicks (each force over one fine step) are more than 1 Mpc/h away from it.
+    res, _ = cola
+    coarse = simulate(CFG.replace(simulation={"n_steps": 3, "final_kick": final_kick}),
+                      lpt=res.lpt)
+    fine_cfg = CFG.replace(simulation={"final_kick": final_kick})
+    fine = simulate(fine_cfg, forces="every:2", lpt=res.lpt)
+    interval = simulate(fine_cfg.replace(simulation={"kicks": "interval"}), forces="every:2",
+                        lpt=res.lpt)
+    assert _rms(interval.final.positions, coarse.final.positions) < 1e-10
+    np.testing.assert_allclose(interval.final.momenta, coarse.final.momenta, atol=1e-10)
+    assert _rms(fine.final.positions, coarse.final.positions) > 0.3
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_interval_kicks_add_up_to_the_whole_run(seed):
+    # No LPT displacement and a uniform force: p_c at the end is the force times the sum of
+    # every kick factor, which must be K(a_0, a_n) for any schedule with a force at a_n (and
+    # K(a_0, end of the last interval) without one).
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(3, 12))
+    sched = TimeSchedule.build(0.05, 1.0, n, "log" if seed % 2 else "linear")
+    mask = rng.random(n + 1) < 0.4
+    mask[n] = seed < 4
+    mask[int(rng.integers(0, n))] = True
+    q = np.zeros((8, 3))
+    lpt = LPTFields(q, np.zeros_like(q), np.zeros_like(q))
+    cosmo = Cosmology.from_config(CFG.cosmology)
+    f = np.array([1.0, -2.0, 0.5])
+    s = Stepper(cosmo, lpt, sched, lambda x: np.ones_like(x) * f, 8.0, method="cola",
+                forces=mask, kicks="interval").run()
+    start, end = force_intervals(sched, mask)
+    last = np.flatnonzero(mask)[-1]
+    total = cosmo.kick_factor(float(sched.boundaries[0]), float(end[last]))
+    np.testing.assert_allclose(s.p_c, np.broadcast_to(f * total, s.p_c.shape), rtol=1e-12)
+    if mask[n]:
+        assert end[last] == sched.boundaries[-1]
+    # consecutive intervals tile [a_0, end of the last one]
+    idx = np.flatnonzero(mask)
+    np.testing.assert_array_equal(start[idx[1:]], end[idx[:-1]])
+    assert np.all(start[idx] <= end[idx]) and np.isnan(start[~mask]).all()

@@ -25,6 +25,8 @@ def test_builtin_configs_load():
         ({"simulation": {"n_stepz": 3}}, "simulation.n_stepz: unknown key"),
         ({"colour": "blue"}, "colour: unknown key"),
         ({"simulation": {"method": "tree"}}, "simulation.method"),
+        ({"simulation": {"kicks": "long"}}, "simulation.kicks: Input should be 'fine' or"),
+        ({"simulation": {"kicks": 1}}, "simulation.kicks"),
         ({"simulation": {"snapshots": [2.0]}}, "outside"),
         ({"simulation": {"schedule": [0.05, 0.5, 0.3, 1.0]}}, "strictly increasing"),
     ],
