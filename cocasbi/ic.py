@@ -129,6 +129,45 @@ class LPTFields:
         return self.combine(d1, d2 - d1 * d1, scale=1.5 * cosmo.Omega_m)
 
 
+@numba.njit(parallel=True, cache=True)
+def _scaled_modes(src, out, coef, fx, fy, fz):
+    """out[i, j, k] = src[i, j, k] × coef fx[i] fy[j] fz[k] (separable Fourier factor)."""
+    nx, ny, nz = src.shape
+    for i in numba.prange(nx):
+        for j in range(ny):
+            cij = coef * (fx[i] * fy[j])
+            for k in range(nz):
+                out[i, j, k] = src[i, j, k] * (cij * fz[k])
+
+
+@numba.njit(parallel=True, cache=True)
+def _store_component(field, psi, c):
+    """psi[..., c] = field (an (n, n, n) field into one component of (n, n, n, 3))."""
+    for i in numba.prange(field.shape[0]):
+        for j in range(field.shape[1]):
+            for k in range(field.shape[2]):
+                psi[i, j, k, c] = field[i, j, k]
+
+
+@numba.njit(parallel=True, cache=True)
+def _diagonal_source(h00, h11, h22, out):
+    """out = h00 h11 + h00 h22 + h11 h22 (the diagonal part of the 2LPT source)."""
+    for i in numba.prange(out.shape[0]):
+        for j in range(out.shape[1]):
+            for k in range(out.shape[2]):
+                a, b, c = h00[i, j, k], h11[i, j, k], h22[i, j, k]
+                out[i, j, k] = (a * b + a * c) + b * c
+
+
+@numba.njit(parallel=True, cache=True)
+def _subtract_square(out, h):
+    """out −= h² (an off-diagonal term of the 2LPT source)."""
+    for i in numba.prange(out.shape[0]):
+        for j in range(out.shape[1]):
+            for k in range(out.shape[2]):
+                out[i, j, k] -= h[i, j, k] * h[i, j, k]
+
+
 def lpt_fields(delta_k, box_size: float, n_mesh: int, order: int = 2,
                threads: int = 0) -> LPTFields:
     """1LPT and (order=2) 2LPT displacement fields from linear modes δ_k (rfft layout).
@@ -143,42 +182,42 @@ def lpt_fields(delta_k, box_size: float, n_mesh: int, order: int = 2,
     if order not in (1, 2):
         raise ValueError(f"LPT order must be 1 or 2, got {order}")
     fft = FFT(n, threads, dtype=np.float64)
-    kx, ky, kz = wavenumbers(n, box_size)
-    k2 = kx**2 + ky**2 + kz**2
+    kx, ky, kz = (k.ravel() for k in wavenumbers(n, box_size))
+    k2 = kx[:, None, None] ** 2 + ky[None, :, None] ** 2 + kz[None, None, :] ** 2
     k2[0, 0, 0] = 1.0
     phi1 = np.divide(delta_k, k2)
     np.negative(phi1, out=phi1)  # ∇²φ1 = δ
-    kvec = (kx, ky, kz)
     norm = 1.0 / n**3
 
-    def to_real(modes, factor):
-        """c2r of modes × factor, normalised, in fft.real (overwritten by the next call)."""
-        np.multiply(modes, factor, out=fft.modes)
+    def to_real(modes, coef, *axes):
+        """c2r of modes × coef Π k_axis, normalised, in fft.real (overwritten by the next
+        call)."""
+        factors = [np.ones_like(kx), np.ones_like(ky), np.ones_like(kz)]
+        for a in axes:
+            factors[a] = factors[a] * (kx, ky, kz)[a]
+        _scaled_modes(modes, fft.modes, coef, *factors)
         fft.c2r()
         return fft.real
 
     psi1 = np.empty((n, n, n, 3))
     for i in range(3):
-        psi1[..., i] = to_real(phi1, (-1j * norm) * kvec[i])
+        _store_component(to_real(phi1, -1j * norm, i), psi1, i)
     if order == 1:
         psi2 = np.zeros_like(psi1)
     else:
 
         def hess(i, j):
-            return to_real(phi1, (-norm) * (kvec[i] * kvec[j]))
+            return to_real(phi1, complex(-norm), i, j)
 
         # source = Σ_{i>j} [φ1,ii φ1,jj − φ1,ij²], three diagonal fields held at most
         h00, h11 = hess(0, 0).copy(), hess(1, 1).copy()
-        source = h00 * h11
-        h22 = hess(2, 2)
-        source += np.multiply(h00, h22, out=h00)
-        source += np.multiply(h11, h22, out=h11)
-        del h00, h11
+        source = h00
+        _diagonal_source(h00, h11, hess(2, 2), source)
+        del h11
         for i, j in ((0, 1), (0, 2), (1, 2)):
-            h = hess(i, j)
-            source -= np.multiply(h, h, out=h)
+            _subtract_square(source, hess(i, j))
         fft.real[...] = source
-        del source
+        del source, h00
         fft.r2c()
         phi2 = np.divide(fft.modes, -k2, out=phi1)  # φ1 is no longer needed
         psi2 = np.empty_like(psi1)
@@ -186,6 +225,6 @@ def lpt_fields(delta_k, box_size: float, n_mesh: int, order: int = 2,
         nyq = n // 2  # odd derivatives of the Nyquist planes are not real: drop them
         phi2[nyq], phi2[:, nyq], phi2[:, :, nyq] = 0.0, 0.0, 0.0
         for i in range(3):
-            psi2[..., i] = to_real(phi2, (1j * norm) * kvec[i])
+            _store_component(to_real(phi2, 1j * norm, i), psi2, i)
     q = lagrangian_grid(n, box_size, n_mesh)
     return LPTFields(q=q, psi1=psi1.reshape(-1, 3), psi2=psi2.reshape(-1, 3))

@@ -141,13 +141,13 @@ def force_parts(solver, pos, repeat, warmup):
     """Timings [ms] of one force evaluation and of each of its parts."""
     n, box = solver.n, solver.box_size
     sp = np.empty_like(pos)
-    order, start = cic.sort_by_column(pos, sp, n, box)
+    order, start = cic.sort_by_plane(pos, sp, n, box)
     out = np.empty_like(pos)
     solver(pos, out=out)
     delta = solver.density(pos).copy()
     res = {}
-    res["sort (counting sort by mesh column)"] = timed(
-        lambda: cic.sort_by_column(pos, sp, n, box), repeat=repeat, warmup=warmup)
+    res["sort (counting sort by mesh plane)"] = timed(
+        lambda: cic.sort_by_plane(pos, sp, n, box), repeat=repeat, warmup=warmup)
     res["paint (CIC, sorted)"] = timed(
         lambda: cic.paint_sorted(solver._real, sp, start, box, None),
         repeat=repeat, warmup=warmup)

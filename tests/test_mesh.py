@@ -108,7 +108,7 @@ def test_readout_of_a_linear_field_is_exact_and_periodic():
 def test_readout_in_mesh_order_or_particle_order_gives_the_same_bits():
     """The solver's sorted readout (__call__) and a readout of force_field in particle order
     (what the stepper fuses into its kick) are the same float32 expressions: equal bits."""
-    from cocasbi.cic import sort_by_column
+    from cocasbi.cic import sort_by_plane
 
     rng = np.random.default_rng(4)
     n, box = 16, 32.0
@@ -119,12 +119,16 @@ def test_readout_in_mesh_order_or_particle_order_gives_the_same_bits():
     np.testing.assert_array_equal(readout_cic(mesh, pos, box), sorted_readout)
     # the sort without its permutation fills the same sorted positions and plane starts
     sp1, sp2 = np.empty_like(pos), np.empty_like(pos)
-    order, start1 = sort_by_column(pos, sp1, n, box)
-    empty, start2 = sort_by_column(pos, sp2, n, box, order=np.empty(0, dtype=np.int64))
+    order, start1 = sort_by_plane(pos, sp1, n, box)
+    empty, start2 = sort_by_plane(pos, sp2, n, box, order=np.empty(0, dtype=np.int64))
     assert empty.size == 0
     np.testing.assert_array_equal(sp1, sp2)
     np.testing.assert_array_equal(start1, start2)
     np.testing.assert_array_equal(sp1, pos[order])
+    # ... and is numpy's stable argsort by the (wrapped) plane of the lower CIC node
+    plane = np.floor(pos[:, 0] * n / box).astype(int) % n
+    np.testing.assert_array_equal(order, np.argsort(plane, kind="stable"))
+    np.testing.assert_array_equal(start1, np.searchsorted(plane[order], np.arange(n + 1)))
 
 
 def test_fft_in_float64_and_bad_dtype():
