@@ -16,6 +16,12 @@ fresh process per size:
   COCA uses a synthetic frame with the memory of an emulated one: K coefficient fields (K, N³, 3)
   float64 and a cache of the last 4 query times (the network's own memory is not included).
 
+Each worker process is configured as the command line configures itself
+(:func:`cocasbi.threads.configure_process`). With ``--jaxpm PYTHON`` (an interpreter where JaxPM
+is installed), JaxPM's force (``experiments/jaxpm_force.py``) is timed on the same final
+positions as one cocasbi force evaluation (paint to readout), and the two force fields'
+correlation is printed as a check that both computed the same physics.
+
 Numba threads and FFTW threads are ``--threads`` (0 = every core). The load average before and
 after each size is printed: other jobs on the machine inflate every figure. The CPU time of the
 same run (``time.process_time``, all threads of this process) is printed below each wall time:
@@ -23,7 +29,7 @@ with ``--threads 1`` it is what the run would take on an otherwise idle core.
 
     python experiments/bench_engine.py [--sizes 64:128,128:128,128:256] [--repeat 3]
                                        [--threads 0] [--memory] [--no-time]
-                                       [--json out.json]
+                                       [--json out.json] [--jaxpm PYTHON]
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ import os
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -88,8 +95,11 @@ def _warm_up(threads: int):
 
 
 # ---------------------------------------------------------------------------- workers
-def worker_time(n_particles: int, n_mesh: int, repeat: int, threads: int) -> dict:
-    """10-step COLA runs with the time split into ICs, forces, particle passes and the rest."""
+def worker_time(n_particles: int, n_mesh: int, repeat: int, threads: int,
+                positions_out: str = "") -> dict:
+    """10-step COLA runs with the time split into ICs, forces, particle passes and the rest;
+    then one force evaluation alone (force mesh + readout in particle order) on the final
+    positions, which are saved to ``positions_out`` (.npy) for JaxPM if given."""
     from cocasbi import nbody
     from cocasbi.cic import readout_cic
     from cocasbi.cosmology import Cosmology
@@ -140,13 +150,21 @@ def worker_time(n_particles: int, n_mesh: int, repeat: int, threads: int) -> dic
         pos = res.final.positions
         mesh = force_field(pos)
         out = np.empty_like(pos)
-        ts = []
+        ts, tf = [], []
         for _ in range(5):
             t0 = time.perf_counter()
             readout_cic(mesh, pos, sim.box_size, out=out)
             ts.append(time.perf_counter() - t0)
+        for _ in range(5):
+            t0 = time.perf_counter()
+            readout_cic(force_field(pos), pos, sim.box_size, out=out)
+            tf.append(time.perf_counter() - t0)
+    if positions_out:
+        np.save(positions_out, pos)
+        np.save(positions_out.replace(".npy", "_force.npy"), out.astype(np.float32))
     best = min(runs, key=lambda r: r["total"])
     best["readout_each"] = min(ts)
+    best["force_each"] = min(tf)
     best["all_totals"] = [r["total"] for r in runs]
     return best
 
@@ -176,6 +194,22 @@ def _run_worker(kind: str, *args) -> dict:
     return json.loads(out.strip().splitlines()[-1])
 
 
+def _jaxpm(python: str, positions: str, n_mesh: int, box_size: float) -> dict:
+    """JaxPM's force on the saved positions (experiments/jaxpm_force.py in ``python``), and
+    the correlation of its force components with ours (same positions; the two codes differ
+    in the Laplacian kernel and normalisation, so only the correlation is compared)."""
+    out = positions.replace(".npy", "_jaxpm.npy")
+    cmd = [python, os.path.join(os.path.dirname(__file__), "jaxpm_force.py"), positions,
+           str(n_mesh), str(box_size), out]
+    res = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True)
+                     .stdout.strip().splitlines()[-1])
+    ours = np.load(positions.replace(".npy", "_force.npy")).astype(np.float64)
+    theirs = np.load(out).astype(np.float64)
+    res["correlation"] = min(float(np.corrcoef(ours[:, c], theirs[:, c])[0, 1])
+                             for c in range(3))
+    return res
+
+
 def _load() -> str:
     return ", ".join(f"{x:.2f}" for x in os.getloadavg())
 
@@ -189,12 +223,18 @@ def main(argv=None):
     ap.add_argument("--memory", action="store_true", help="also peak memory of PM/COLA/COCA")
     ap.add_argument("--no-time", action="store_true", help="skip the timed runs")
     ap.add_argument("--json", help="write every figure to this file")
+    ap.add_argument("--jaxpm", metavar="PYTHON",
+                    help="an interpreter with JaxPM: also time its force on the same positions")
     ap.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker:
+        from cocasbi.threads import configure_process
+
         kind, *rest = args.worker
+        configure_process(int(rest[3]))  # as the command line does: OpenMP wait policy
         if kind == "time":
-            res = worker_time(int(rest[0]), int(rest[1]), int(rest[2]), int(rest[3]))
+            res = worker_time(int(rest[0]), int(rest[1]), int(rest[2]), int(rest[3]),
+                              *rest[4:])
         else:
             res = worker_memory(int(rest[0]), int(rest[1]), rest[2], int(rest[3]))
         print(json.dumps(res))
@@ -207,9 +247,13 @@ def main(argv=None):
     print("| particles / mesh | total [s] | ICs [s] | forces [s] | particle passes [s] "
           "(readout est.) | rest [s] | non-force share | all runs [s] | load before/after |")
     print("|---|---|---|---|---|---|---|---|---|")
+    scratch = tempfile.mkdtemp(prefix="bench_engine_")
     for n_p, n_m in [] if args.no_time else sizes:
         before = _load()
-        r = _run_worker("time", n_p, n_m, args.repeat, args.threads)
+        positions = os.path.join(scratch, f"pos_{n_p}_{n_m}.npy")
+        r = _run_worker("time", n_p, n_m, args.repeat, args.threads, positions)
+        if args.jaxpm:
+            r["jaxpm"] = _jaxpm(args.jaxpm, positions, n_m, 2.0 * n_p)
         report["time"][f"{n_p}:{n_m}"] = r
         readout = r["readout_each"] * r["n_forces"]
         share = 1 - r["forces"] / r["total"]
@@ -222,6 +266,16 @@ def main(argv=None):
         print(f"| (CPU time, same run) | {r['total_cpu']:.3f} | {r['ic_cpu']:.3f} | "
               f"{r['forces_cpu']:.3f} | {r['passes_cpu']:.3f} | {r['rest_cpu']:.3f} | "
               f"{1 - r['forces_cpu'] / r['total_cpu']:.0%} | | |", flush=True)
+    print("\nOne force evaluation (paint, FFTs, gradient, CIC readout in particle order) on the "
+          "final positions, best of 5 [s]")
+    print("| particles / mesh | cocasbi | JaxPM | JaxPM / cocasbi | min corr. of components |")
+    print("|---|---|---|---|---|")
+    for key, r in report["time"].items():
+        j = r.get("jaxpm")
+        n_p, n_m = key.split(":")
+        print(f"| {n_p}³ / {n_m}³ | {r['force_each']:.4f} | "
+              + (f"{j['best']:.4f} | {j['best'] / r['force_each']:.1f} | {j['correlation']:.4f} |"
+                 if j else "– | – | – |"))
     if args.memory:
         print("\nPeak memory above the warmed-up process (ru_maxrss), one 10-step run each")
         print("| particles / mesh | method | peak above base [MB] | bytes per particle |")
