@@ -243,3 +243,59 @@ def test_cuda_matches_cpu_and_gpu_model_loads_on_cpu(tmp_path, monkeypatch):
     with torch.no_grad():
         y_trained = net(x.cuda(), s.cuda()).cpu()
         torch.testing.assert_close(loaded(x, s), y_trained, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("width", [1, 2])
+def test_periodic_pad_equals_circular_padding_with_gradients(width):
+    """The one-allocation pad gives exactly torch's circular padding (values and gradients)."""
+    import torch.nn.functional as F
+
+    from cocasbi.frame.vnet import _periodic_pad
+
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 3, 6, 7, 8, generator=g, requires_grad=True)
+    w = torch.randn(2, 3, 6 + 2 * width, 7 + 2 * width, 8 + 2 * width, generator=g)
+    y = _periodic_pad(x, width)
+    ref = F.pad(x, (width,) * 6, mode="circular")
+    assert torch.equal(y, ref)
+    (grad,) = torch.autograd.grad((y * w).sum(), x)
+    (grad_ref,) = torch.autograd.grad((ref * w).sum(), x)
+    torch.testing.assert_close(grad, grad_ref, rtol=0, atol=1e-5)
+
+
+def test_vnet_frame_shares_the_fourier_modes_without_changing_the_prediction():
+    """The V-net frame computes the FFTs of Ψ1, Ψ2 once for its divergence inputs and its
+    base transfer model: same prediction as the two computed separately."""
+    import numpy as np
+
+    from cocasbi.frame.neural import VNetFrameModel
+    from cocasbi.frame.transfer import CosmologyFeatures, TransferModel
+
+    n, K = 16, 2
+    rng = np.random.default_rng(4)
+    feats = CosmologyFeatures(degree=1)
+    base = TransferModel(np.linspace(0, 1.5, 6), rng.standard_normal((2, K, feats.size, 6)),
+                         feats)
+    torch.manual_seed(0)
+    net = StyledVNet(8, 3 * K, 2, base_channels=4, levels=1)
+    model = VNetFrameModel(net, K, [1.0, 0.5, 0.3, 0.2], [0.3, 0.1], feats, base)
+    p1, p2 = rng.standard_normal((2, n**3, 3))
+    cosmo = {"Omega_m": 0.3, "sigma8": 0.8}
+    got = model.predict(p1, p2, 64.0, cosmo)
+
+    def old_divergence(psi):  # per component, as before the modes were shared
+        k = 2 * np.pi * np.fft.fftfreq(n)
+        kz = 2 * np.pi * np.fft.rfftfreq(n)
+        f = [np.fft.rfftn(psi[i]) for i in range(3)]
+        div = 1j * (k[:, None, None] * f[0] + k[None, :, None] * f[1] + kz * f[2])
+        return -np.fft.irfftn(div, s=psi.shape[1:], axes=(0, 1, 2))
+
+    fields = [np.moveaxis(p.reshape(n, n, n, 3), -1, 0) for p in (p1, p2)]
+    fields += [old_divergence(f)[None] for f in fields]
+    x = np.concatenate([f / s for f, s in zip(fields, model.in_scale, strict=True)])
+    with torch.no_grad():
+        y = net(torch.from_numpy(x.astype(np.float32))[None],
+                torch.from_numpy(model.style(cosmo))[None])[0].double().numpy()
+    want = (np.moveaxis(y.reshape(K, 3, n, n, n), 1, -1).reshape(K, n**3, 3)
+            * model.out_scale[:, None, None] + base.predict(p1, p2, 64.0, cosmo))
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-6 * np.abs(want).max())

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cocasbi.frame.basis import TimeBasis
-from cocasbi.frame.transfer import CosmologyFeatures, TransferModel
+from cocasbi.frame.transfer import CosmologyFeatures, TransferModel, source_modes
 
 #: relative tolerance on the particle spacing box/N against the training spacing
 SPACING_RTOL = 0.01
@@ -99,21 +99,21 @@ def from_channels(y: np.ndarray, K: int) -> np.ndarray:
     return np.moveaxis(np.asarray(y).reshape(K, 3, n, n, n), 1, -1).reshape(K, n**3, 3)
 
 
-def field_inputs(psi1, psi2, forces, base_coeffs) -> np.ndarray:
+def field_inputs(psi1, psi2, forces, base_coeffs, modes=None) -> np.ndarray:
     """The unnormalised field channels (C_f, N, N, N) float32: δ1, δ2, per force (F_x, F_y,
     F_z, −∇·F), then the 3K channels of the transfer prediction ``base_coeffs`` (K, N³, 3).
-    Divergences per lattice cell (:func:`cocasbi.frame.neural.lattice_divergence`)."""
-    from cocasbi.frame.neural import lattice_divergence
+    Divergences per lattice cell (:func:`cocasbi.frame.neural.lattice_divergence`), from
+    ``modes`` (:func:`cocasbi.frame.transfer.source_modes` of Ψ1, Ψ2 and the forces) if
+    given."""
+    from cocasbi.frame.neural import divergence_from_modes
 
     n = round((np.asarray(psi1).size / 3) ** (1 / 3))
-
-    def grid(f):
-        return np.moveaxis(np.asarray(f, dtype=np.float64).reshape(n, n, n, 3), -1, 0)
-
-    out = [lattice_divergence(grid(psi1))[None], lattice_divergence(grid(psi2))[None]]
-    for f in forces:
-        g = grid(f)
-        out += [g, lattice_divergence(g)[None]]
+    if modes is None:
+        modes = source_modes((psi1, psi2, *forces), n)
+    div = [divergence_from_modes(f)[None] for f in modes]
+    out = div[:2]
+    for f, d in zip(forces, div[2:], strict=True):
+        out += [np.moveaxis(np.asarray(f, dtype=np.float64).reshape(n, n, n, 3), -1, 0), d]
     out.append(to_channels(base_coeffs, n))
     return np.concatenate(out).astype(np.float32)
 
@@ -173,8 +173,9 @@ class LocalFrameModel:
         n = round((np.asarray(psi1).size / 3) ** (1 / 3))
         self.check_spacing(n, box_size)
         forces = self.base.forces(psi1, psi2, box_size, cosmology)
-        c = self.base.predict(psi1, psi2, box_size, cosmology, forces=forces)
-        x = self.network_input(field_inputs(psi1, psi2, forces, c), cosmology)
+        modes = source_modes((psi1, psi2, *forces), n)  # shared by the base and the inputs
+        c = self.base.predict(psi1, psi2, box_size, cosmology, modes=modes)
+        x = self.network_input(field_inputs(psi1, psi2, forces, c, modes), cosmology)
         self.net.eval()
         y = self.net.periodic(x.to(self.device))[0].double().cpu().numpy()
         return c + self.out_scale * from_channels(y, self.K)

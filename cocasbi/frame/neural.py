@@ -26,7 +26,7 @@ import torch
 
 from cocasbi.frame.basis import TimeBasis
 from cocasbi.frame.checkpoint import build_model, load_weights, read_checkpoint, save_model
-from cocasbi.frame.transfer import CosmologyFeatures, TransferModel
+from cocasbi.frame.transfer import CosmologyFeatures, TransferModel, source_modes
 
 
 def lattice_divergence(psi: np.ndarray) -> np.ndarray:
@@ -36,12 +36,18 @@ def lattice_divergence(psi: np.ndarray) -> np.ndarray:
     residual the transfer model misses) lives at k ≳ 0.3 h/Mpc; the divergence (the linear
     density, up to sign and units) carries those scales at order-unity amplitude.
     """
-    n = psi.shape[-1]
+    return divergence_from_modes(np.fft.rfftn(np.asarray(psi, dtype=np.float64),
+                                              axes=(1, 2, 3)))
+
+
+def divergence_from_modes(f: np.ndarray) -> np.ndarray:
+    """:func:`lattice_divergence` from the Fourier modes (3, N, N, N//2+1) of Ψ (e.g. those
+    :func:`cocasbi.frame.transfer.source_modes` computed for the transfer model)."""
+    n = f.shape[1]
     k = 2 * np.pi * np.fft.fftfreq(n)
     kz = 2 * np.pi * np.fft.rfftfreq(n)
-    f = [np.fft.rfftn(psi[i]) for i in range(3)]
     div = 1j * (k[:, None, None] * f[0] + k[None, :, None] * f[1] + kz[None, None, :] * f[2])
-    return -np.fft.irfftn(div, s=psi.shape[1:], axes=(0, 1, 2))
+    return -np.fft.irfftn(div, s=(n, n, n), axes=(0, 1, 2))
 
 
 class VNetFrameModel:
@@ -58,17 +64,20 @@ class VNetFrameModel:
         f = CosmologyFeatures(self.features.names, self.features.centre, self.features.scale, 1)
         return f(cosmology)[1:].astype(np.float32)
 
-    def inputs(self, psi1, psi2) -> np.ndarray:
+    def inputs(self, psi1, psi2, modes=None) -> np.ndarray:
         """(6, N, N, N) or (8, N, N, N) float32 normalised input channels.
 
         Ψ1/σ1, Ψ2/σ2 and, when ``in_scale`` has four entries, the lattice divergences
-        δ1/σ_δ1, δ2/σ_δ2 (see :func:`lattice_divergence`).
+        δ1/σ_δ1, δ2/σ_δ2 (see :func:`lattice_divergence`; from ``modes``, the Fourier modes
+        of Ψ1 and Ψ2, when given).
         """
         n = round((np.asarray(psi1).size / 3) ** (1 / 3))
         fields = [np.moveaxis(np.asarray(p, dtype=np.float64).reshape(n, n, n, 3), -1, 0)
                   for p in (psi1, psi2)]
         if len(self.in_scale) == 4:
-            fields += [lattice_divergence(f)[None] for f in fields]
+            if modes is None:
+                modes = source_modes((psi1, psi2), n)
+            fields += [divergence_from_modes(f)[None] for f in modes[:2]]
         elif len(self.in_scale) != 2:
             raise ValueError(f"in_scale must have 2 or 4 entries, got {len(self.in_scale)}")
         x = [f / s for f, s in zip(fields, self.in_scale, strict=True)]
@@ -87,13 +96,17 @@ class VNetFrameModel:
     @torch.no_grad()
     def predict(self, psi1, psi2, box_size: float, cosmology: dict[str, float]) -> np.ndarray:
         n = round((np.asarray(psi1).size / 3) ** (1 / 3))
-        x = torch.from_numpy(self.inputs(psi1, psi2))[None].to(self.device)
+        modes = None
+        if self.base is not None and not self.base.force_times or len(self.in_scale) == 4:
+            modes = source_modes((psi1, psi2), n)  # shared by the inputs and the base
+        x = torch.from_numpy(self.inputs(psi1, psi2, modes))[None].to(self.device)
         s = torch.from_numpy(self.style(cosmology))[None].to(self.device)
         self.net.eval()
         y = self.net(x, s)[0].double().cpu().numpy().reshape(self.K, 3, n, n, n)
         c = np.moveaxis(y, 1, -1).reshape(self.K, n**3, 3) * self.out_scale[:, None, None]
         if self.base is not None:
-            c = c + self.base.predict(psi1, psi2, box_size, cosmology)
+            shared = modes if not self.base.force_times else None
+            c = c + self.base.predict(psi1, psi2, box_size, cosmology, modes=shared)
         return c
 
 

@@ -84,6 +84,12 @@ def _rfft_fields(field: np.ndarray, n: int) -> np.ndarray:
     return np.fft.rfftn(np.moveaxis(f, -1, 0), axes=(1, 2, 3))
 
 
+def source_modes(fields, n: int) -> list[np.ndarray]:
+    """Fourier modes (3, N, N, N//2+1) complex128 of each (N³, 3) source field (Ψ1, Ψ2,
+    forces), computed once and shared by the transfer model and the local inputs."""
+    return [_rfft_fields(f, n) for f in fields]
+
+
 def _mode_geometry(n: int):
     """|k| in units of k_f for the rfft layout, and the Hermitian weight of each mode."""
     f = np.fft.fftfreq(n, 1.0 / n)
@@ -155,16 +161,21 @@ class TransferModel:
         return lpt_forces(psi1, psi2, box_size, cosmology, self.force_times, self.force_mesh)
 
     def predict(self, psi1: np.ndarray, psi2: np.ndarray, box_size: float,
-                cosmology: dict[str, float], forces=None) -> np.ndarray:
+                cosmology: dict[str, float], forces=None, modes=None) -> np.ndarray:
         """Coefficient fields c_k (K, N³, 3) float64 [Mpc/h] from Ψ1, Ψ2 ((N³, 3), [Mpc/h])
         (and the forces at the LPT positions, if the model has force inputs: computed here
-        unless ``forces``, the output of :meth:`forces`, is given)."""
+        unless ``forces``, the output of :meth:`forces`, is given). ``modes``: the Fourier
+        modes of all sources if the caller has them (:func:`source_modes`)."""
         n = round((np.asarray(psi1).size / 3) ** (1 / 3))
-        extra = self.forces(psi1, psi2, box_size, cosmology) if forces is None else forces
-        if len(extra) != len(self.force_times):
-            raise ValueError(f"{len(extra)} force fields for {len(self.force_times)} force "
-                             "times")
-        fields = [_rfft_fields(f, n) for f in (psi1, psi2, *extra)]
+        if modes is None:
+            extra = self.forces(psi1, psi2, box_size, cosmology) if forces is None else forces
+            if len(extra) != len(self.force_times):
+                raise ValueError(f"{len(extra)} force fields for {len(self.force_times)} "
+                                 "force times")
+            modes = source_modes((psi1, psi2, *extra), n)
+        if len(modes) != self.n_sources:
+            raise ValueError(f"{len(modes)} source fields for a model with {self.n_sources}")
+        fields = modes
         u, _ = _mode_geometry(n)
         k = u * (2 * np.pi / box_size)
         t = self.transfer(k.ravel(), cosmology).reshape(self.n_sources, self.K, *u.shape)

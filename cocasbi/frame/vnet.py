@@ -33,13 +33,19 @@ _DEMOD_EPS = 1e-8
 def _periodic_pad(x: torch.Tensor, width: int) -> torch.Tensor:
     """Pad the three spatial axes of ``x`` (B, C, N, N, N) circularly by ``width`` cells.
 
-    Built from concatenations, which are about twice as fast on CPU as
-    ``F.pad(mode="circular")`` and keep the memory format.
+    One allocation and one copy of ``x`` into the interior; the six faces are then copied
+    from the padded tensor itself, axis by axis, each over the full extent of the axes done
+    before (so edges and corners come out right). A third of the memory traffic of three
+    concatenations, and faster than ``F.pad(mode="circular")``; same values exactly.
     """
-    for dim in (2, 3, 4):
-        n = x.shape[dim]
-        x = torch.cat([x.narrow(dim, n - width, width), x, x.narrow(dim, 0, width)], dim=dim)
-    return x
+    w = width
+    sizes = x.shape[2:]
+    out = x.new_empty((*x.shape[:2], *(n + 2 * w for n in sizes)))
+    out[:, :, w:-w, w:-w, w:-w] = x
+    for dim, n in zip((2, 3, 4), sizes, strict=True):
+        out.narrow(dim, 0, w).copy_(out.narrow(dim, n, w))
+        out.narrow(dim, n + w, w).copy_(out.narrow(dim, w, w))
+    return out
 
 
 def _conv3d(

@@ -224,6 +224,9 @@ def train_local(train: Sequence[dict], test: Sequence[tuple[dict, HeldOut]],
         for key in ("drift", "drift_final"):
             hist[f"test_{key}"].append(float(np.sqrt(np.mean([e[key] ** 2 for e in errs]))))
         hist["cpu_s"].append(time.process_time() - c0)
+        if progress:
+            tqdm.write(f"step {step}: held-out drift error {hist['test_drift'][-1]:.4f}, "
+                       f"training loss {loss:.4f}")
         net.train()
 
     c0 = time.process_time()
