@@ -5,7 +5,8 @@ each run: the best of ``REPEAT`` wall times and of CPU times (``time.process_tim
 threads of this process, so it does not grow when other jobs take the cores; on an idle
 2-core machine wall ≈ CPU / (1 … 2)). Runs: COLA-n; COCA with 0/1/2/4 forces on the 20-step
 schedule, with force-free steps collapsed (default) and step by step (an observer that names
-every boundary stops the collapsing); the largest position difference between the two.
+every boundary stops the collapsing), the largest position difference between the two;
+COCA with 1/2/4 forces and ``kicks: interval``.
 
     python experiments/frame_cost.py RESULTS.json [FRAME]
 
@@ -29,6 +30,7 @@ from cocasbi.simulation import simulate
 REPEAT = 3
 COLA_STEPS = (1, 2, 3, 4, 6, 8, 12, 20)
 COCA_FORCES = (0, 1, 2, 4)
+INTERVAL_FORCES = (1, 2, 4)
 
 
 class _EveryBoundary:
@@ -55,7 +57,8 @@ def main(out_json, frame=None):
     coca = cfg.replace(simulation={"method": "coca"})
     emu = load_frame(frame or "paper")
     boundaries = TimeSchedule.from_config(cfg.simulation).boundaries
-    res = {"repeat": REPEAT, "cola": {}, "coca": {}, "coca_step_by_step": {}}
+    res = {"repeat": REPEAT, "cola": {}, "coca": {}, "coca_step_by_step": {},
+           "coca_interval": {}}
     for n in COLA_STEPS if frame is None else ():
         res["cola"][n], _ = timed(lambda n=n: simulate(
             cfg.replace(simulation={"n_steps": n}), seed=1))
@@ -69,6 +72,12 @@ def main(out_json, frame=None):
         res["coca"][n]["max_dx_vs_step_by_step"] = float(
             np.abs(fast.final.positions - slow.final.positions).max())
         print("coca", n, res["coca"][n], res["coca_step_by_step"][n], flush=True)
+    interval = coca.replace(simulation={"kicks": "interval"})
+    for n in INTERVAL_FORCES:
+        forces = force_schedule(f"even:{n}", cfg.simulation.n_steps, final_kick=False)
+        res["coca_interval"][n], _ = timed(lambda f=forces: simulate(interval, seed=1,
+                                                                      frame=emu, forces=f))
+        print("coca interval", n, res["coca_interval"][n], flush=True)
     Path(out_json).write_text(json.dumps(res, indent=1))
 
 

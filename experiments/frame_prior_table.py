@@ -5,10 +5,12 @@ and seeds of the held-out frame data set (``SeedSequence(2, (i,))``, Latin hyper
 ``cocasbi.prior.DEFAULT_PRIOR``). Reference: PM with ``N_REF`` FastPM steps, same ICs and mesh.
 All runs skip the force at a = 1 (positions only). COLA-n: n steps and forces; COCA-n: the
 20-step schedule with n forces evenly spaced over boundaries 0 … 19 (n = 0: emulation only),
-the frame evaluated once per run (its time included). Metrics (``cocasbi.stats.metrics``):
-rms Δx [Mpc/h], P/P_ref − 1 and 1 − r² at k = 0.5 and 1 h/Mpc; wall time of ICs + frame +
-stepping on this machine (shared, noisy). Frame errors come from the held-out moments
-(``frame_basis_study.py`` caches them in TEST/moments).
+the frame evaluated once per run (its time included), with the default fine kicks and with
+``kicks: interval`` (a computed force kicks over the whole interval it stands for).
+Metrics (``cocasbi.stats.metrics``): rms Δx [Mpc/h], P/P_ref − 1 and 1 − r² at k = 0.5 and
+1 h/Mpc; wall time of ICs + frame + stepping on this machine (shared, noisy). Frame errors:
+the exact held-out drift-weighted error of the frame's prediction against the stored COLA
+residual (:func:`cocasbi.frame.training.local.held_out_terms`).
 
     python experiments/frame_prior_table.py FRAME TEST_DIR RESULTS.json FIGURE.png
 """
@@ -28,9 +30,8 @@ import numpy as np  # noqa: E402
 
 from cocasbi.config import load_config  # noqa: E402
 from cocasbi.frame.emulator import load_frame  # noqa: E402
-from cocasbi.frame.training.basis import relative_errors  # noqa: E402
 from cocasbi.frame.training.data import list_samples, read_sample  # noqa: E402
-from cocasbi.frame.training.moments import SimMoments  # noqa: E402
+from cocasbi.frame.training.local import held_out_terms  # noqa: E402
 from cocasbi.nbody import force_schedule  # noqa: E402
 from cocasbi.simulation import simulate  # noqa: E402
 from cocasbi.stats.metrics import paired_metrics  # noqa: E402
@@ -38,15 +39,17 @@ from cocasbi.stats.metrics import paired_metrics  # noqa: E402
 N_REF = 100
 COLA_STEPS = (1, 2, 3, 4, 6, 8, 12, 20)
 COCA_FORCES = (0, 1, 2, 4)
+INTERVAL_FORCES = (1, 2, 4)  # COCA with kicks: interval (0 forces: the same as fine kicks)
 K_REPORT = (0.5, 1.0)
 
 
-def frame_error(emu, moments: SimMoments) -> dict:
-    """Held-out errors of the frame's p_ML on one run (exact, from its moments)."""
-    m = emu.model
-    node = np.tensordot(m.tau, m.features(moments.cosmology), axes=(2, 0))  # (2, K, J)
-    per_time = np.einsum("kt,skj->tsj", emu.basis.functions, node)
-    return relative_errors(moments.error_gram(per_time), moments.gram, moments.drift)
+def frame_error(emu, path) -> dict:
+    """Held-out drift-weighted errors of the frame's p_ML on one data file (exact, any kind
+    of frame: its prediction from the stored Ψ1, Ψ2 against the stored residual)."""
+    s = read_sample(path, residual=False)
+    c = emu.model.predict(s.psi1.reshape(-1, 3), s.psi2.reshape(-1, 3), s.box_size,
+                          s.cosmology)
+    return held_out_terms(path, emu.basis).errors(c)
 
 
 def summary(res, ref, box, n_mesh) -> dict:
@@ -69,11 +72,14 @@ def run_cosmology(cfg, emu, seed) -> dict:
     for n in COLA_STEPS:
         r = simulate(cfg.replace(simulation={"n_steps": n, "final_kick": False}), seed=seed)
         out["cola"][n] = summary(r, ref, box, nm)
-    coca = cfg.replace(simulation={"method": "coca", "final_kick": False})
-    for n in COCA_FORCES:
-        r = simulate(coca, frame=emu, seed=seed,
-                     forces=force_schedule(f"even:{n}", sim.n_steps, final_kick=False))
-        out["coca"][n] = {**summary(r, ref, box, nm), "frame_seconds": float(r.frame_seconds)}
+    for key, kicks, forces in (("coca", "fine", COCA_FORCES),
+                               ("coca_interval", "interval", INTERVAL_FORCES)):
+        coca = cfg.replace(simulation={"method": "coca", "final_kick": False, "kicks": kicks})
+        out[key] = {}
+        for n in forces:
+            r = simulate(coca, frame=emu, seed=seed,
+                         forces=force_schedule(f"even:{n}", sim.n_steps, final_kick=False))
+            out[key][n] = {**summary(r, ref, box, nm), "frame_seconds": float(r.frame_seconds)}
     return out
 
 
@@ -92,7 +98,9 @@ def plot(results, path, cost=None):
     for i, c in enumerate(results["cosmologies"]):
         col = f"C{i}"
         lab = f"Ωm {c['theta']['Omega_m']:.3f}, σ8 {c['theta']['sigma8']:.3f}"
-        for method, style in (("cola", "s--"), ("coca", "o-")):
+        for method, style in (("cola", "s--"), ("coca", "o-"), ("coca_interval", "^:")):
+            if method not in c or (cost and method not in cost):
+                continue
             runs = list(c[method].values())
             sec = ([cost[method][n]["cpu_s"] for n in c[method]] if cost
                    else [r["seconds"] for r in runs])
@@ -104,8 +112,8 @@ def plot(results, path, cost=None):
                            "1 − r² at k = 1 h/Mpc"), strict=True):
         a.set(xlabel=("CPU time [s], best of 3" if cost else "wall time [s]")
               + " (ICs + frame + stepping)", ylabel=lab, xscale="log", yscale="log")
-    ax[0].set_title("COCA (o, solid: 0/1/2/4 forces) vs COLA (s, dashed: 1…20 steps)",
-                    fontsize=9)
+    ax[0].set_title("COCA (o, solid: 0/1/2/4 forces; ^, dotted: interval kicks) vs COLA "
+                    "(s, dashed: 1…20 steps)", fontsize=8)
     ax[0].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -121,9 +129,7 @@ def main(frame, test_dir, out_json, fig):
         with h5py.File(p, "r") as f:
             seed_json = f.attrs["seed_json"]
         entry = {"theta": theta, "seed": json.loads(seed_json)}
-        mpath = Path(test_dir) / "moments" / f"{p.stem}.npz"
-        if mpath.exists() and emu.model.n_sources == 2:
-            entry["frame_error"] = frame_error(emu, SimMoments.load(mpath))
+        entry["frame_error"] = frame_error(emu, p)
         entry.update(run_cosmology(cfg0.replace(cosmology=theta), emu, s.seed))
         entry["equal_time"] = {n: cola_at(entry, r["seconds"]) for n, r in entry["coca"].items()}
         results["cosmologies"].append(json.loads(json.dumps(entry)))
@@ -155,6 +161,9 @@ def markdown(results) -> str:
              "|---|---|---|---|---|---|---|"]
     for n in cs[0]["coca"]:
         lines.append(row(f"COCA, {n} forces", [c["coca"][n] for c in cs]))
+    for n in cs[0].get("coca_interval", {}):
+        lines.append(row(f"COCA, {n} forces, interval kicks",
+                         [c["coca_interval"][n] for c in cs]))
     for n in cs[0]["cola"]:
         lines.append(row(f"COLA-{n}", [c["cola"][n] for c in cs]))
     for n in cs[0]["coca"]:
