@@ -252,25 +252,26 @@ def _particle_pass(source, x, p, psi1, psi2, mesh, inv_cell, force, coef, flags,
     k2, k1 = coef[_C_K2], coef[_C_K1]
     dd1, dd2, dfac = coef[_C_DD1], coef[_C_DD2], coef[_C_DRIFT]
     kick = source != _NO_FORCE and (kick2 or kick1)
+    readout = source == _READOUT
+    u0, z32 = np.uint64(0), np.float32(0.0)
     for i in numba.prange(x.shape[0]):
-        f0 = f1 = f2 = 0.0
-        if source == _READOUT:
+        # the CIC nodes and weights once per particle; each component is read where it is
+        # used (selecting among three values read up front cost 16 % of the pass)
+        ix = jx = iy = jy = iz = jz = u0
+        w00 = w01 = w10 = w11 = tz = fz = z32
+        if readout:
             ix, jx, iy, jy, iz, jz, w00, w01, w10, w11, tz, fz = cic_weights(
                 x[i, 0], x[i, 1], x[i, 2], inv_cell, n)
-            f0 = np.float64(interpolate(mesh, 0, ix, jx, iy, jy, iz, jz, w00, w01, w10, w11,
-                                        tz, fz))
-            f1 = np.float64(interpolate(mesh, 1, ix, jx, iy, jy, iz, jz, w00, w01, w10, w11,
-                                        tz, fz))
-            f2 = np.float64(interpolate(mesh, 2, ix, jx, iy, jy, iz, jz, w00, w01, w10, w11,
-                                        tz, fz))
-            if store:
-                force[i, 0], force[i, 1], force[i, 2] = f0, f1, f2
-        elif source == _BUFFER:
-            f0, f1, f2 = force[i, 0], force[i, 1], force[i, 2]
         for c in range(3):
-            f = f0 if c == 0 else (f1 if c == 1 else f2)
             v = p[i, c]
             if kick:
+                if readout:
+                    f = np.float64(interpolate(mesh, c, ix, jx, iy, jy, iz, jz, w00, w01, w10,
+                                               w11, tz, fz))
+                    if store:
+                        force[i, c] = f
+                else:
+                    f = force[i, c]
                 g = f - c_lpt * (d1 * psi1[i, c] + e * psi2[i, c]) if lpt else f
                 if kick2:
                     v = v + g * k2
