@@ -218,3 +218,29 @@ def test_interval_kicks_add_up_to_the_whole_run(seed):
     idx = np.flatnonzero(mask)
     np.testing.assert_array_equal(start[idx[1:]], end[idx[:-1]])
     assert np.all(start[idx] <= end[idx]) and np.isnan(start[~mask]).all()
+
+
+class _EveryBoundary:
+    """An observer naming every boundary: the stepper then collapses no step."""
+
+    def __init__(self, times):
+        self.times = set(float(t) for t in times)
+
+    def __call__(self, event, a, stepper):
+        pass
+
+
+@pytest.mark.parametrize("forces", ["even:3", [2, 5]])
+def test_interval_kicks_with_an_emulated_frame_collapse_like_step_by_step(forces):
+    from cocasbi.frame import load_frame
+
+    cfg = COCA.replace(simulation={"kicks": "interval"})
+    emu = load_frame("tiny")
+    fast = simulate(cfg, seed=3, frame=emu, forces=forces)
+    slow = simulate(cfg, seed=3, frame=emu, forces=forces,
+                    observers=[_EveryBoundary(fast.schedule.boundaries)])
+    fine = simulate(COCA, seed=3, frame=emu, forces=forces)
+    scale = np.abs(slow.final.positions).max()
+    np.testing.assert_allclose(fast.final.positions, slow.final.positions, rtol=0,
+                               atol=1e-12 * scale)
+    assert _rms(fast.final.positions, fine.final.positions) > 0.05
