@@ -12,7 +12,9 @@ training runs from the cached moments (``frame_force_features.py``). On top of i
 
 ``prep`` writes the base frame (CACHE/base.npz) and the prepared samples; ``train`` trains on
 the first N_TRAIN runs for STEPS Adam steps and records the held-out drift-weighted error
-on the TEST runs every ``eval_every`` steps (the learning curves of docs/coca.md).
+on the TEST runs every ``eval_every`` steps (the learning curves of docs/coca.md);
+``train-error TRAIN CACHE FRAME.pt [N]`` gives a saved frame's error on N training runs;
+``table RESULTS.json ...`` prints the learning-curve rows.
 """
 
 from __future__ import annotations
@@ -106,5 +108,28 @@ def train(train_dir, test_dir, cache, n_train, steps, out_json, frame_out=None, 
         FrameEmulator("local", emu.basis, model, meta).save(frame_out)
 
 
+def train_error(train_dir, cache, frame, n_runs=5):
+    """Exact drift-weighted error of a saved local frame on its first ``n_runs`` training
+    runs (against the held-out error: is it data-limited?)."""
+    from cocasbi.frame.training.local import predict_sample
+
+    emu = load_frame(frame)
+    errs = []
+    for p in list_samples(train_dir)[: int(n_runs)]:
+        s = prepare_sample(p, emu.model.base, emu.basis, Path(cache) / "train")
+        errs.append(held_out_terms(p, emu.basis).errors(predict_sample(emu.model, s)))
+    print(json.dumps({k: float(np.sqrt(np.mean([e[k] ** 2 for e in errs]))) for k in errs[0]}))
+
+
+def table(*histories):
+    """Markdown rows of the learning curves: held-out error at every evaluation."""
+    for path in histories:
+        h = json.loads(Path(path).read_text())
+        row = ", ".join(f"{s}: {e:.3f}" for s, e in zip(h["step"], h["test_drift"], strict=True))
+        print(f"| {h['n_train']} | {h['settings']['steps']} | {h['epoch'][-1]:.1f} | "
+              f"{h['test_drift'][-1]:.3f} | {h['cpu_s'][-1] / 60:.1f} | {row} |")
+
+
 if __name__ == "__main__":
-    {"prep": prep, "train": train}[sys.argv[1]](*sys.argv[2:])
+    {"prep": prep, "train": train, "train-error": train_error,
+     "table": table}[sys.argv[1]](*sys.argv[2:])
