@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
+import matplotlib.ticker
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -326,8 +327,8 @@ def plot(results, path):
     rows = [(key, kind) for key in ("rms_dx", "r2_1") for kind in PLACEMENTS]
     fig, ax = plt.subplots(len(rows), len(names), figsize=(3.0 * len(names), 2.6 * len(rows)),
                            sharex=True, sharey="row")
-    styles = {"fine": "o-", "interval": "s-", "interval_lpt": "^:", "interval_to_end": "v--",
-              "interval_smooth": "D-"}
+    styles = {"fine": ("o-", "C0"), "interval": ("s-", "C1"), "interval_lpt": ("^:", "C2"),
+              "interval_to_end": ("v--", "C3")}
     for r, (key, kind) in enumerate(rows):
         for col, name in enumerate(names):
             a = ax[r, col]
@@ -338,13 +339,15 @@ def plot(results, path):
                     runs = [[c["cola20"][kind][kick][str(k)] for c in cs] for k in FORCES]
                 else:
                     runs = [[c["coca"][name][kind][kick][str(k)] for c in cs] for k in FORCES]
-                a.plot(FORCES, [_mean(x, key) for x in runs], styles[kick], ms=4, label=kick)
+                a.plot(FORCES, [_mean(x, key) for x in runs], styles[kick][0], ms=4,
+                       color=styles[kick][1], label=kick)
             y = [_mean([c["cola_n"][str(k)] for c in cs], key) for k in FORCES]
             a.plot(FORCES, y, "k--", lw=1, label="COLA-n (n steps)")
             if name != "COLA (no frame)":
                 a.axhline(_mean([c["coca"][name]["0"] for c in cs], key), color="0.6", lw=1,
                           label="0 forces")
             a.set(xscale="log", yscale="log", xticks=FORCES)
+            a.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
             a.set_xticklabels([str(k) for k in FORCES])
             if r == 0:
                 a.set_title(name, fontsize=9)
