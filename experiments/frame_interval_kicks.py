@@ -32,7 +32,9 @@ Also COLA on the 20-step schedule with n forces (fine and interval kicks) and CO
 from __future__ import annotations
 
 import json
+import os
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,7 +69,8 @@ from cocasbi.stats.metrics import paired_metrics, rms_displacement  # noqa: E402
 from cocasbi.threads import numba_threads  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
-REFS = Path("/tmp/s14/h1/refs")
+#: cache of the reference final positions (25-60 s each); REF_CACHE overrides it
+REFS = Path(os.environ.get("REF_CACHE", Path(tempfile.gettempdir()) / "cocasbi_pm100_refs"))
 FORCES = (1, 2, 4, 8)
 EPSILONS = (0.05, 0.2, 0.5)
 #: the transfer frame over the default prior (drift-weighted error 0.84, made by
