@@ -651,20 +651,41 @@ def test_collapsed_skipped_steps_equal_step_by_step(forces):
         assert not np.array_equal(fast.final.positions, slow.final.positions)
 
 
-def test_shipped_paper_frame_loads_by_name():
-    """The default frame of paper.yaml: over the default prior, drift-weighted basis."""
-    emu = load_frame("paper")
-    assert emu.kind == "transfer" and emu.K == 4 and emu.basis.dual is not None
-    assert emu.model.features.degree == 2 and emu.meta["prior"] == "DEFAULT_PRIOR"
-    np.testing.assert_allclose(emu.basis.dual @ emu.basis.functions.T, np.eye(4), atol=1e-8)
-    assert shipped_frame_path("paper").stat().st_size < 100_000
+def test_shipped_paper_frames_load_by_name():
+    """paper.yaml over the default prior: the force-input transfer frame (numpy only) and the
+    default, it plus the local network (needs torch), with the same basis and transfer."""
+    base = load_frame("paper-transfer")
+    assert base.kind == "transfer" and base.K == 4 and base.basis.dual is not None
+    assert base.model.force_times == (0.5,) and base.model.features.degree == 1
+    assert base.meta["prior"] == "DEFAULT_PRIOR" and base.meta["n_train_sims"] == 8
+    np.testing.assert_allclose(base.basis.dual @ base.basis.functions.T, np.eye(4), atol=1e-8)
+    for name in ("paper", "paper-transfer"):
+        assert shipped_frame_path(name).stat().st_size < 400_000
     with pytest.raises(ValueError, match="no shipped frame 'huge'"):
         shipped_frame_path("huge")
-    # its transfer functions depend on the cosmology (the fiducial-only frame's did not)
-    k = emu.model.k_nodes[1:10]
-    lo = emu.model.transfer(k, {"Omega_m": 0.2, "sigma8": 0.65})
-    hi = emu.model.transfer(k, {"Omega_m": 0.4, "sigma8": 0.95})
+    # its transfer functions depend on the cosmology
+    k = base.model.k_nodes[1:10]
+    lo = base.model.transfer(k, {"Omega_m": 0.2, "sigma8": 0.65})
+    hi = base.model.transfer(k, {"Omega_m": 0.4, "sigma8": 0.95})
     assert np.abs(lo - hi).max() > 0.01 * np.abs(hi).max()
+    pytest.importorskip("torch")
+    emu = load_frame("paper")
+    assert emu.kind == "local" and emu.K == 4 and emu.meta["prior"] == "DEFAULT_PRIOR"
+    np.testing.assert_array_equal(emu.model.base.tau, base.model.tau)
+    np.testing.assert_array_equal(emu.basis.dual, base.basis.dual)
+    assert emu.model.spacing == pytest.approx(2.0)  # paper.yaml: 128 Mpc/h / 64
+    with pytest.raises(ValueError, match="particle spacing of 2 Mpc/h, this run has 4"):
+        emu.model.check_spacing(32, 128.0)
+
+
+def test_network_frame_without_torch_is_a_clear_error():
+    code = ("import sys; sys.modules['torch'] = None\n"
+            "from cocasbi.frame import load_frame\n"
+            "print(load_frame('paper-transfer').kind)\n"
+            "try:\n    load_frame('paper')\nexcept ImportError as e:\n    print(e)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.startswith("transfer\n") and "needs PyTorch" in out and "paper-transfer" in out
 
 
 def test_force_input_frame_predicts_what_its_moments_fit(small_data, tmp_path):

@@ -30,8 +30,10 @@ from cocasbi.frame.files import read_transfer_frame, write_transfer_frame
 from cocasbi.ic import LPTFields
 
 _CACHED_TIMES = 4  # p_ML arrays kept per bound frame
-#: frames shipped in ``cocasbi/data`` (``frame_<name>.npz``), loadable by name
-SHIPPED_FRAMES = ("tiny", "paper")
+#: frames shipped in ``cocasbi/data``, loadable by name: name -> file
+_SHIPPED_FILES = {"tiny": "frame_tiny.npz", "paper": "frame_paper.pt",
+                  "paper-transfer": "frame_paper_transfer.npz"}
+SHIPPED_FRAMES = tuple(_SHIPPED_FILES)
 
 
 def cosmology_dict(cosmo: Cosmology | dict) -> dict[str, float]:
@@ -119,11 +121,14 @@ class FrameEmulator:
 
 
 def load_frame(path: str | Path, device: str = "cpu") -> FrameEmulator:
-    """Load a frame saved by :meth:`FrameEmulator.save` (``.npz`` = transfer model; a V-net
-    runs on ``device``, CPU by default).
+    """Load a frame saved by :meth:`FrameEmulator.save` (``.npz`` = transfer model; V-net
+    and local frames are model files that need PyTorch and run on ``device``, CPU by
+    default).
 
     ``path`` may also name a shipped frame (:data:`SHIPPED_FRAMES`): ``"tiny"`` for
-    ``tiny.yaml``, ``"paper"`` for ``paper.yaml`` over the default prior. The file is
+    ``tiny.yaml``; for ``paper.yaml`` over the default prior ``"paper"`` (the force-input
+    transfer frame plus the local network, needs PyTorch) and ``"paper-transfer"`` (the
+    force-input transfer frame alone, numpy only). The file is
     validated (:mod:`cocasbi.frame.files`, :mod:`cocasbi.frame.checkpoint`): anything but a
     well-formed frame is a one-line ValueError, and nothing in it is executed.
     """
@@ -135,6 +140,12 @@ def load_frame(path: str | Path, device: str = "cpu") -> FrameEmulator:
     if path.suffix == ".npz":
         basis, model, meta = read_transfer_frame(path)
         return FrameEmulator("transfer", basis, model, meta)
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        raise ImportError(f"{path}: this frame holds a neural network and needs PyTorch "
+                          "(pip install 'cocasbi[ml]'); transfer frames (.npz, e.g. "
+                          "'paper-transfer') do not") from None
     from cocasbi.frame.checkpoint import read_checkpoint
 
     obj = read_checkpoint(path)
@@ -154,4 +165,4 @@ def shipped_frame_path(name: str = "tiny") -> Path:
     """Path of a pre-trained frame shipped in ``cocasbi/data``."""
     if name not in SHIPPED_FRAMES:
         raise ValueError(f"no shipped frame {name!r}; choose from {SHIPPED_FRAMES}")
-    return Path(str(resources.files("cocasbi") / "data" / f"frame_{name}.npz"))
+    return Path(str(resources.files("cocasbi") / "data" / _SHIPPED_FILES[name]))
