@@ -103,8 +103,10 @@ def train(train_dir, test_dir, cache, n_train, steps, out_json, frame_out=None, 
     Path(out_json).write_text(json.dumps(hist, indent=1))
     print(json.dumps({k: hist[k] for k in ("step", "test_drift", "cpu_s")}))
     if frame_out and frame_out != "-":
-        meta = {**emu.meta, "local": hist["settings"], "n_train_sims_local": int(n_train),
-                "held_out_drift": hist["test_drift"][-1], "made_by": "experiments/frame_local.py"}
+        base_meta = {k: v for k, v in emu.meta.items() if k not in ("format", "kind")}
+        meta = {**base_meta, "kind": "local", "local": hist["settings"],
+                "n_train_sims_local": int(n_train), "held_out_drift": hist["test_drift"][-1],
+                "made_by": "experiments/frame_local.py"}
         FrameEmulator("local", emu.basis, model, meta).save(frame_out)
 
 
