@@ -28,7 +28,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from torch import nn
 
-from cocasbi.frame.local import LocalNet
+from cocasbi.frame.localnet import LocalNet
 from cocasbi.frame.vnet import StyledVNet
 from cocasbi.io.atomic import atomic_path
 
@@ -50,7 +50,7 @@ class StyledVNetParams(BaseModel):
 
 
 class LocalNetParams(BaseModel):
-    """Constructor keyword arguments of :class:`~cocasbi.frame.local.LocalNet`."""
+    """Constructor keyword arguments of :class:`~cocasbi.frame.localnet.LocalNet`."""
 
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
