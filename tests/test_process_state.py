@@ -3,9 +3,11 @@
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numba
 import numpy as np
+import pytest
 
 from cocasbi.config import load_config
 from cocasbi.simulation import simulate
@@ -87,3 +89,29 @@ def test_same_bits_for_one_and_two_threads():
     one = simulate(cfg.replace(simulation={"threads": 1})).final.positions
     two = simulate(cfg.replace(simulation={"threads": 2})).final.positions
     np.testing.assert_array_equal(one, two)
+
+
+@pytest.mark.skipif(not Path("/proc/self/statm").exists(), reason="needs Linux /proc")
+@pytest.mark.parametrize("configure", [False, True])
+def test_configured_process_keeps_freed_memory_for_the_next_simulation(configure):
+    """After configure_process() a freed 128 MB array stays in the heap (resident, reused by
+    the next allocation); without it glibc unmaps it at once."""
+    code = textwrap.dedent(f"""
+        import os, numpy as np
+        from cocasbi.threads import configure_process
+        if {configure}:
+            configure_process(1)
+        def rss():
+            with open("/proc/self/statm") as f:
+                return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        a = np.ones(2**24)
+        before = rss()
+        del a
+        print(before - rss())
+    """)
+    freed = int(subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,
+                               text=True).stdout.strip().splitlines()[-1])
+    if configure:
+        assert freed < 16e6
+    else:
+        assert freed > 100e6
