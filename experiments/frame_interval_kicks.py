@@ -4,7 +4,7 @@ paper.yaml (64³ particles, 128 Mpc/h, 128³ mesh, 20 steps from a = 0.05, no fo
 at the cosmologies and seeds of the held-out frame data set (``SeedSequence(2, (i,))``).
 Reference: PM with ``N_REF`` FastPM steps from the same ICs (final positions cached as
 ``REFS/sim_NNNNN.npy``). Frames: the oracle residual recorded from COLA-20 of the same ICs
-scaled by 1 − ε, the transfer frame ``cocasbi/data/frame_paper.npz`` and the force-input
+scaled by 1 − ε, the transfer frame ``experiments/results/frame_paper_psi.npz`` and the force-input
 transfer frame ``experiments/results/frame_paper_force.npz``. n forces placed ``even``
 (``even:n`` over boundaries 0 … 19, first and last included) or at the ``steps`` of an
 n-step schedule (boundaries round(20 i / n), i < n: where COLA-n computes its forces). Kicks
@@ -75,7 +75,7 @@ FORCES = (1, 2, 4, 8)
 EPSILONS = (0.05, 0.2, 0.5)
 #: the transfer frame over the default prior (drift-weighted error 0.84, made by
 #: frame_basis_study.py) and the force-input transfer frame (0.505, frame_force_frame.py)
-EMULATED = {"transfer": str(HERE.parent / "cocasbi" / "data" / "frame_paper.npz"),
+EMULATED = {"transfer": str(HERE / "results" / "frame_paper_psi.npz"),
             "force": str(HERE / "results" / "frame_paper_force.npz")}
 SMOOTHING = (1.5, 3.0, 6.0, 12.0)  # [Mpc/h] Lagrangian Gaussian radii of interval_smooth
 KICKS = ("fine", "interval", "interval_lpt", "interval_to_end")
