@@ -688,6 +688,19 @@ def test_network_frame_without_torch_is_a_clear_error():
     assert out.startswith("transfer\n") and "needs PyTorch" in out and "paper-transfer" in out
 
 
+def _force_moments(paths):
+    """Per-run moments with the PM force at the 2LPT positions at a = 0.5 as a third input."""
+    from cocasbi.frame.training.moments import sample_moments
+    from cocasbi.frame.transfer import lpt_forces
+
+    mom = []
+    for p in paths:
+        s = read_sample(p, residual=False)
+        mom.append(sample_moments(p, extra=lpt_forces(s.psi1, s.psi2, s.box_size, s.cosmology,
+                                                      (0.5,))))
+    return mom
+
+
 def test_force_input_frame_predicts_what_its_moments_fit(small_data, tmp_path):
     """A transfer frame with the PM force at the LPT positions as a third input: the runtime
     model recomputes the force itself, and its error on a held-out run is the one the
@@ -695,15 +708,9 @@ def test_force_input_frame_predicts_what_its_moments_fit(small_data, tmp_path):
     from dataclasses import replace as dc_replace
 
     from cocasbi.frame.files import transfer_from
-    from cocasbi.frame.training.moments import sample_moments
-    from cocasbi.frame.transfer import lpt_forces
 
     _, paths = small_data
-    mom = []
-    for p in paths:
-        s = read_sample(p, residual=False)
-        mom.append(sample_moments(p, extra=lpt_forces(s.psi1, s.psi2, s.box_size, s.cosmology,
-                                                      (0.5,))))
+    mom = _force_moments(paths)
     assert mom[0].cross.shape[:2] == (3, 3)
     basis = fit_time_basis(paths[:2], K=2)
     f = CosmologyFeatures(degree=0)
@@ -736,15 +743,9 @@ def local_setup(small_data):
     """A force-input transfer frame on the small data set and its prepared samples."""
     pytest.importorskip("torch")
     from cocasbi.frame.training.local import force_transfer_frame, prepare_sample
-    from cocasbi.frame.training.moments import sample_moments
-    from cocasbi.frame.transfer import lpt_forces
 
     _, paths = small_data
-    mom = []
-    for p in paths:
-        s = read_sample(p, residual=False)
-        mom.append(sample_moments(p, extra=lpt_forces(s.psi1, s.psi2, s.box_size, s.cosmology,
-                                                      (0.5,))))
+    mom = _force_moments(paths)
     basis, base = force_transfer_frame(mom[:2], (0, 1, 2), (0.5,), K=2, ridge=0.01, degree=0)
     samples = [prepare_sample(p, base, basis) for p in paths]
     return paths, basis, base, samples
