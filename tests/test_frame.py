@@ -603,6 +603,32 @@ def test_untrained_vnet_frame_is_its_base_transfer_model(small_data, tmp_path):
                                atol=1e-6 * np.abs(want).max())
 
 
+def test_cli_trains_a_local_frame_with_a_held_out_error(small_data, small_cfg, tmp_path):
+    """`cocasbi frame train --kind local`: the force-input transfer frame fitted on the first
+    runs, the network trained on them, the last run held out (its exact drift-weighted error
+    in the metadata); the file loads and drives a COCA run."""
+    pytest.importorskip("torch")
+    from typer.testing import CliRunner
+
+    from cocasbi.cli import app
+
+    data, _ = small_data
+    out = tmp_path / "local.pt"
+    result = CliRunner().invoke(app, ["frame", "train", str(data), "--kind", "local",
+                                      "--steps", "3", "--crop", "8", "--n-val", "1",
+                                      "--no-progress", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    emu = load_frame(out)
+    assert emu.kind == "local" and emu.meta["n_train_sims"] == 2
+    assert 0 < emu.meta["held_out_drift"] < 1.5
+    res = simulate(small_cfg.replace(simulation={"method": "coca"}), seed=9, frame=emu,
+                   forces="none")
+    assert np.isfinite(res.final.positions).all()
+    bad = CliRunner().invoke(app, ["frame", "train", str(data), "--kind", "local",
+                                   "--n-val", "3", "--out", str(tmp_path / "x.pt")])
+    assert bad.exit_code == 2 and "n_val=3" in bad.output
+
+
 def test_cli_train_vnet_rejects_a_bad_config_before_work(small_data, tmp_path):
     from typer.testing import CliRunner
 

@@ -3,6 +3,7 @@
     cocasbi frame make-data tiny --n-sims 32 --seed 1 --out data/frame_tiny
     cocasbi frame train data/frame_tiny --kind transfer -K 4 --out frame.npz
     cocasbi frame train data/frame_tiny --kind vnet --epochs 20 --out frame.pt
+    cocasbi frame train data/frame_tiny --kind local --steps 600 --out frame.pt
 
 (``train`` takes the make-data directory or its ``results/`` folder.)
 """
@@ -68,8 +69,10 @@ def make_data(
 @app.command("train")
 def train_cmd(
     data: Path = typer.Argument(..., help="directory written by make-data (or its results/)"),
-    out: Path = typer.Option(..., "--out", "-o", help="frame file (.npz transfer, .pt vnet)"),
-    kind: str = typer.Option("transfer", "--kind", help="transfer | vnet"),
+    out: Path = typer.Option(..., "--out", "-o",
+                             help="frame file (.npz transfer, .pt vnet or local)"),
+    kind: str = typer.Option("transfer", "--kind", help="transfer | vnet | local (the force-"
+                             "input transfer frame plus a local network)"),
     config: Path | None = typer.Option(
         None, "--config", "-c", help="vnet: YAML training config (options below override it)"),
     K: int | None = typer.Option(None, "-K", "--n-basis",
@@ -80,6 +83,7 @@ def train_cmd(
     n_val: int | None = typer.Option(
         None, "--n-val", help="vnet: simulations held out for validation (default 2)"),
     epochs: int | None = typer.Option(None, "--epochs", help="vnet (default 20)"),
+    steps: int | None = typer.Option(None, "--steps", help="local: Adam steps (default 600)"),
     lr: float | None = typer.Option(None, "--lr", help="vnet (default 1e-3)"),
     batch_size: int | None = typer.Option(None, "--batch-size", help="vnet (default 4)"),
     crop: int | None = typer.Option(
@@ -97,8 +101,8 @@ def train_cmd(
     """Fit a frame emulator on stored COLA residuals and save it (loads on CPU)."""
     from cocasbi.frame.training.data import list_samples
 
-    if kind not in ("transfer", "vnet"):
-        raise ValueError(f"--kind must be transfer or vnet, not {kind!r}")
+    if kind not in ("transfer", "vnet", "local"):
+        raise ValueError(f"--kind must be transfer, vnet or local, not {kind!r}")
     if kind == "vnet":
         from cocasbi.frame.training.config import VNetTrainingConfig
 
@@ -114,7 +118,7 @@ def train_cmd(
         if crop == 0:  # explicit "whole boxes" overrides a crop in the YAML file
             settings = VNetTrainingConfig.from_dict({**settings.model_dump(), "crop": None})
     elif config is not None:
-        raise ValueError("--config is a V-net training config; not used with --kind transfer")
+        raise ValueError(f"--config is a V-net training config; not used with --kind {kind}")
     if (data / "results").is_dir():  # a make-data (campaign) directory
         data = data / "results"
     paths = list_samples(data)
@@ -135,6 +139,14 @@ def train_cmd(
         meta = {"data": str(data), "n_train_sims": len(paths), "K": K, "degree": degree,
                 "captured_fraction": float(basis.captured_fraction()[K - 1])}
         path = FrameEmulator("transfer", basis, model, meta).save(out)
+    elif kind == "local":
+        from cocasbi.frame.training.local import LocalTrainingSettings, train_local_frame
+
+        given = dict(steps=steps, lr=lr, batch=batch_size, crop=crop, seed=seed)
+        settings = LocalTrainingSettings(**{k: v for k, v in given.items() if v is not None})
+        path = train_local_frame(paths, out, settings, K=4 if K is None else K,
+                                 degree=1 if degree is None else degree,
+                                 n_val=0 if n_val is None else n_val, progress=progress)
     else:
         from cocasbi.frame.training.neural import train_vnet_frame
 

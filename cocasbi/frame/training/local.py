@@ -253,3 +253,39 @@ def train_local(train: Sequence[dict], test: Sequence[tuple[dict, HeldOut]],
             running = []
     net.eval()
     return model, hist
+
+
+def train_local_frame(paths: Sequence[str | Path], out: str | Path,
+                      settings: LocalTrainingSettings = LocalTrainingSettings(), K: int = 4,
+                      degree: int = 1, ridge: float = 0.01, force_times: Sequence[float] = (0.5,),
+                      n_val: int = 0, progress: bool = True) -> Path:
+    """Fit the force-input transfer frame on ``paths`` (training files of
+    :mod:`cocasbi.frame.training.data`), train the local network on top of it and save the
+    frame to ``out`` (a torch file; :func:`cocasbi.frame.load_frame` reads it). The last
+    ``n_val`` files are held out: the transfer fit and the network never see them, and their
+    exact drift-weighted error is recorded in the frame's metadata (``held_out_drift``)."""
+    from cocasbi.frame.emulator import FrameEmulator
+    from cocasbi.frame.training.moments import sample_moments
+    from cocasbi.frame.transfer import lpt_forces
+
+    paths = [Path(p) for p in paths]
+    if not 0 <= n_val < len(paths):
+        raise ValueError(f"n_val={n_val} must leave at least one of {len(paths)} runs to train on")
+    fit, val = paths[:len(paths) - n_val], paths[len(paths) - n_val:]
+    moments = []
+    for p in tqdm(fit, disable=not progress, desc="moments"):
+        s = read_sample(p, residual=False)
+        moments.append(sample_moments(p, extra=lpt_forces(s.psi1, s.psi2, s.box_size,
+                                                          s.cosmology, tuple(force_times))))
+    sources = (0, 1, *range(2, 2 + len(force_times)))
+    basis, base = force_transfer_frame(moments, sources, force_times, K, ridge, degree)
+    train = [prepare_sample(p, base, basis) for p in fit]
+    test = [(prepare_sample(p, base, basis), held_out_terms(p, basis)) for p in val]
+    model, hist = train_local(train, test, base, settings, progress=progress)
+    meta = {"n_train_sims": len(fit), "K": K, "basis": "drift-weighted", "ridge": ridge,
+            "degree": degree, "force_times": list(force_times),
+            "local": {k: getattr(settings, k) for k in settings.__dataclass_fields__},
+            "made_by": "cocasbi.frame.training.local.train_local_frame"}
+    if val:
+        meta["held_out_drift"] = hist["test_drift"][-1]
+    return FrameEmulator("local", basis, model, meta).save(out)
