@@ -31,6 +31,19 @@ def test_simulate_coca_with_the_shipped_frame(tmp_path):
     assert "with 2 force evaluations" in result.output
 
 
+def test_simulate_coca_with_interval_kicks_moves_the_particles_differently(tmp_path):
+    """--kicks interval reaches the stepper: same ICs and forces, other final positions."""
+    finals = {}
+    for kicks in ("fine", "interval"):
+        out = tmp_path / kicks
+        result = runner.invoke(app, ["simulate", "tiny", "--frame", "tiny", "--forces", "even:2",
+                                     "--steps", "4", "--kicks", kicks, "--out", str(out),
+                                     "--no-progress", "--no-plot"])
+        assert result.exit_code == 0, result.output
+        finals[kicks] = read_snapshot(out / "tiny_coca_seed42.hdf5").positions
+    assert not np.allclose(finals["fine"], finals["interval"], atol=1e-3)
+
+
 def test_bad_input_is_named_before_work(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("")
@@ -40,6 +53,7 @@ def test_bad_input_is_named_before_work(tmp_path):
         (["simulate", "tiny", "--method", "coca"], "needs --frame"),
         (["simulate", "tiny", "--forces", "last:2"], "needs method coca"),
         (["simulate", "tiny", "--method", "tree"], "simulation.method"),
+        (["simulate", "tiny", "--kicks", "long"], "simulation.kicks"),
     ]
     for args, message in cases:
         result = runner.invoke(app, args)

@@ -51,6 +51,9 @@ def simulate(
         None, help="COCA frame file (method coca); 'tiny' is the shipped tiny.yaml frame."),
     forces: str = typer.Option(
         "all", help="Force schedule: all, none, last:K, first:K, even:K, every:M."),
+    kicks: str = typer.Option(
+        None, help="fine | interval: a computed force kicks over its two half steps, or over "
+        "the whole interval it stands for (default: the config's)."),
     snapshot: bool = typer.Option(True, help="Write the final snapshot (HDF5)."),
     plot: bool = typer.Option(True, help="Plot P(k) against linear theory (PNG)."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
@@ -58,7 +61,8 @@ def simulate(
     """Run one simulation: snapshot, P(k) file and plot, and a summary on the terminal."""
     cfg = load_config(config)
     changes = {k: v for k, v in
-               {"method": method, "n_steps": steps, "seed": seed}.items() if v is not None}
+               {"method": method, "n_steps": steps, "seed": seed, "kicks": kicks}.items()
+               if v is not None}
     if frame is not None and method is None:
         changes["method"] = "coca"
     if changes:
