@@ -30,6 +30,7 @@ with ``--threads 1`` it is what the run would take on an otherwise idle core.
     python experiments/bench_engine.py [--sizes 64:128,128:128,128:256] [--repeat 3]
                                        [--threads 0] [--memory] [--no-time]
                                        [--json out.json] [--jaxpm PYTHON]
+    python experiments/bench_engine.py --plot before=OLD.json after=NEW.json [--out PNG]
 """
 
 from __future__ import annotations
@@ -210,6 +211,40 @@ def _jaxpm(python: str, positions: str, n_mesh: int, box_size: float) -> dict:
     return res
 
 
+def plot(reports: dict[str, dict], path: str) -> None:
+    """Stacked bars of the 10-step COLA wall time (ICs, forces, particle passes, rest) per
+    size, one group of bars per labelled report (e.g. before / after)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from cocasbi.io.atomic import save_figure
+
+    parts = (("ic", "initial conditions"), ("forces", "forces (sort, paint, FFTs, gradient)"),
+             ("passes", "particle passes (readout, kicks, drift)"), ("rest", "rest"))
+    sizes = sorted({k for r in reports.values() for k in r["time"]},
+                   key=lambda k: tuple(int(v) for v in k.split(":")))
+    fig, axes = plt.subplots(1, len(sizes), figsize=(3.2 * len(sizes) + 3, 3.6), squeeze=False)
+    for ax, size in zip(axes[0], sizes, strict=True):
+        labels = [label for label, r in reports.items() if size in r["time"]]
+        for i, label in enumerate(labels):
+            r, bottom = reports[label]["time"][size], 0.0
+            for j, (key, name) in enumerate(parts):
+                ax.bar(i, r[key], bottom=bottom, color=f"C{j}", label=name if i == 0 else None)
+                bottom += r[key]
+            ax.text(i, bottom, f"{bottom:.2f} s", ha="center", va="bottom", fontsize=8)
+        n_p, n_m = size.split(":")
+        ax.set_xticks(range(len(labels)), labels, fontsize=7)
+        ax.set_title(f"{n_p}³ particles / {n_m}³ mesh", fontsize=9)
+        ax.set_ylabel("wall time [s], best run")
+    handles, names = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles[::-1], names[::-1], fontsize=7, loc="center right")
+    fig.subplots_adjust(left=0.06, right=0.8, wspace=0.35)
+    fig.suptitle("10-step COLA run on 2 threads (experiments/bench_engine.py)", fontsize=9)
+    save_figure(fig, path, dpi=120)
+
+
 def _load() -> str:
     return ", ".join(f"{x:.2f}" for x in os.getloadavg())
 
@@ -225,8 +260,19 @@ def main(argv=None):
     ap.add_argument("--json", help="write every figure to this file")
     ap.add_argument("--jaxpm", metavar="PYTHON",
                     help="an interpreter with JaxPM: also time its force on the same positions")
+    ap.add_argument("--plot", nargs="+", metavar="LABEL=REPORT.json",
+                    help="draw the breakdown of saved reports (no runs) into --out PNG")
+    ap.add_argument("--out", default="docs/figures/bench_engine.png")
     ap.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.plot:
+        reports = {}
+        for item in args.plot:
+            label, _, file = item.partition("=")
+            with open(file) as f:
+                reports[label] = json.load(f)
+        plot(reports, args.out)
+        return
     if args.worker:
         from cocasbi.threads import configure_process
 
