@@ -8,6 +8,11 @@ compile, then ``--repeat`` times, and prints one JSON line: the best time [s] an
 the forces it wrote (float32, (N, 3), in JaxPM's units: positions in mesh cells, no 3/2 Ω_m).
 
     JAXPM_PYTHON experiments/jaxpm_force.py POSITIONS.npy N_MESH BOX_SIZE OUT.npy [--repeat 5]
+
+JaxPM lives in its own environment (it pins its own jax; keep it away from the project's):
+
+    python3 -m venv /tmp/jaxenv && /tmp/jaxenv/bin/pip install "jax[cpu]" jaxpm packaging
+    python experiments/bench_engine.py --jaxpm /tmp/jaxenv/bin/python
 """
 
 import argparse
