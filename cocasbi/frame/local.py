@@ -37,7 +37,8 @@ from cocasbi.frame.basis import TimeBasis
 from cocasbi.frame.localnet import LocalNet
 from cocasbi.frame.transfer import CosmologyFeatures, TransferModel, source_modes
 
-__all__ = ["LocalFrameModel", "LocalNet", "field_inputs", "local_frame_from", "save_local_frame"]
+__all__ = ["LocalFrameModel", "LocalNet", "field_inputs", "local_frame_from", "local_inputs",
+           "save_local_frame"]
 
 #: relative tolerance on the particle spacing box/N against the training spacing
 SPACING_RTOL = 0.01
@@ -55,23 +56,32 @@ def from_channels(y: np.ndarray, K: int) -> np.ndarray:
     return np.moveaxis(np.asarray(y).reshape(K, 3, n, n, n), 1, -1).reshape(K, n**3, 3)
 
 
-def field_inputs(psi1, psi2, forces, base_coeffs, modes=None) -> np.ndarray:
+def field_inputs(psi1, forces, base_coeffs, modes) -> np.ndarray:
     """The unnormalised field channels (C_f, N, N, N) float32: δ1, δ2, per force (F_x, F_y,
     F_z, −∇·F), then the 3K channels of the transfer prediction ``base_coeffs`` (K, N³, 3).
     Divergences per lattice cell (:func:`cocasbi.frame.neural.lattice_divergence`), from
-    ``modes`` (:func:`cocasbi.frame.transfer.source_modes` of Ψ1, Ψ2 and the forces) if
-    given."""
+    ``modes`` (:func:`cocasbi.frame.transfer.source_modes` of Ψ1, Ψ2 and the forces)."""
     from cocasbi.frame.neural import divergence_from_modes
 
     n = round((np.asarray(psi1).size / 3) ** (1 / 3))
-    if modes is None:
-        modes = source_modes((psi1, psi2, *forces), n)
     div = [divergence_from_modes(f)[None] for f in modes]
     out = div[:2]
     for f, d in zip(forces, div[2:], strict=True):
         out += [np.moveaxis(np.asarray(f, dtype=np.float64).reshape(n, n, n, 3), -1, 0), d]
     out.append(to_channels(base_coeffs, n))
     return np.concatenate(out).astype(np.float32)
+
+
+def local_inputs(base: TransferModel, psi1, psi2, box_size: float,
+                 cosmology: dict[str, float]) -> tuple[np.ndarray, np.ndarray]:
+    """The transfer prediction c^transfer (K, N³, 3) float64 [Mpc/h] and the unnormalised
+    field channels (:func:`field_inputs`) of one run: the model's forces at the 2LPT positions
+    and the Fourier modes of every source are computed once and shared by both."""
+    n = round((np.asarray(psi1).size / 3) ** (1 / 3))
+    forces = base.forces(psi1, psi2, box_size, cosmology)
+    modes = source_modes((psi1, psi2, *forces), n)
+    c = base.predict(psi1, psi2, box_size, cosmology, modes=modes)
+    return c, field_inputs(psi1, forces, c, modes)
 
 
 class LocalFrameModel:
@@ -106,8 +116,7 @@ class LocalFrameModel:
 
     def cosmology_channels(self, cosmology: dict[str, float]) -> np.ndarray:
         """Normalised (θ − centre)/scale (F,) float32 of the frame's parameters."""
-        f = CosmologyFeatures(self.features.names, self.features.centre, self.features.scale, 1)
-        return f(cosmology)[1:].astype(np.float32)
+        return self.features.normalised(cosmology).astype(np.float32)
 
     def network_input(self, fields: np.ndarray, cosmology: dict[str, float]) -> torch.Tensor:
         """(1, C_in, N, N, N) float32: normalised field channels and the cosmology channels."""
@@ -128,10 +137,8 @@ class LocalFrameModel:
     def predict(self, psi1, psi2, box_size: float, cosmology: dict[str, float]) -> np.ndarray:
         n = round((np.asarray(psi1).size / 3) ** (1 / 3))
         self.check_spacing(n, box_size)
-        forces = self.base.forces(psi1, psi2, box_size, cosmology)
-        modes = source_modes((psi1, psi2, *forces), n)  # shared by the base and the inputs
-        c = self.base.predict(psi1, psi2, box_size, cosmology, modes=modes)
-        x = self.network_input(field_inputs(psi1, psi2, forces, c, modes), cosmology)
+        c, fields = local_inputs(self.base, psi1, psi2, box_size, cosmology)
+        x = self.network_input(fields, cosmology)
         self.net.eval()
         y = self.net.periodic(x.to(self.device))[0].double().cpu().numpy()
         return c + self.out_scale * from_channels(y, self.K)

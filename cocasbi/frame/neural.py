@@ -61,8 +61,7 @@ class VNetFrameModel:
         self.device = device
 
     def style(self, cosmology: dict[str, float]) -> np.ndarray:
-        f = CosmologyFeatures(self.features.names, self.features.centre, self.features.scale, 1)
-        return f(cosmology)[1:].astype(np.float32)
+        return self.features.normalised(cosmology).astype(np.float32)
 
     def inputs(self, psi1, psi2, modes=None) -> np.ndarray:
         """(6, N, N, N) or (8, N, N, N) float32 normalised input channels.

@@ -72,9 +72,13 @@ class CosmologyFeatures:
     def size(self) -> int:
         return len(self.monomials())
 
+    def normalised(self, cosmology: dict[str, float]) -> np.ndarray:
+        """x = (θ − centre) / scale of each parameter, (F,) float64 (the degree-1 features)."""
+        return np.array([(float(cosmology[n]) - c) / s for n, c, s in
+                         zip(self.names, self.centre, self.scale, strict=True)])
+
     def __call__(self, cosmology: dict[str, float]) -> np.ndarray:
-        x = [(float(cosmology[n]) - c) / s for n, c, s in zip(self.names, self.centre,
-                                                              self.scale, strict=True)]
+        x = self.normalised(cosmology)
         return np.array([np.prod([x[i] for i in m]) if m else 1.0 for m in self.monomials()])
 
 
@@ -161,18 +165,14 @@ class TransferModel:
         return lpt_forces(psi1, psi2, box_size, cosmology, self.force_times, self.force_mesh)
 
     def predict(self, psi1: np.ndarray, psi2: np.ndarray, box_size: float,
-                cosmology: dict[str, float], forces=None, modes=None) -> np.ndarray:
+                cosmology: dict[str, float], modes=None) -> np.ndarray:
         """Coefficient fields c_k (K, N³, 3) float64 [Mpc/h] from Ψ1, Ψ2 ((N³, 3), [Mpc/h])
-        (and the forces at the LPT positions, if the model has force inputs: computed here
-        unless ``forces``, the output of :meth:`forces`, is given). ``modes``: the Fourier
-        modes of all sources if the caller has them (:func:`source_modes`)."""
+        (and the forces at the LPT positions, computed here, if the model has force inputs).
+        ``modes``: the Fourier modes of all sources if the caller has them
+        (:func:`source_modes` of Ψ1, Ψ2 and :meth:`forces`)."""
         n = round((np.asarray(psi1).size / 3) ** (1 / 3))
         if modes is None:
-            extra = self.forces(psi1, psi2, box_size, cosmology) if forces is None else forces
-            if len(extra) != len(self.force_times):
-                raise ValueError(f"{len(extra)} force fields for {len(self.force_times)} "
-                                 "force times")
-            modes = source_modes((psi1, psi2, *extra), n)
+            modes = source_modes((psi1, psi2, *self.forces(psi1, psi2, box_size, cosmology)), n)
         if len(modes) != self.n_sources:
             raise ValueError(f"{len(modes)} source fields for a model with {self.n_sources}")
         fields = modes

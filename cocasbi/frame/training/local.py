@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from cocasbi.cosmology import Cosmology
 from cocasbi.frame.basis import TimeBasis
-from cocasbi.frame.local import LocalFrameModel, LocalNet, field_inputs, to_channels
+from cocasbi.frame.local import LocalFrameModel, LocalNet, local_inputs, to_channels
 from cocasbi.frame.training.basis import drift_matrix, drift_metric, weighted_basis
 from cocasbi.frame.training.data import read_sample
 from cocasbi.frame.training.moments import SimMoments, fit_per_time, project_model
@@ -112,10 +112,9 @@ def prepare_sample(path: str | Path, base: TransferModel, basis: TimeBasis,
                     "box_size": float(d["box_size"])}
     s = read_sample(path)
     p1, p2 = s.psi1.reshape(-1, 3), s.psi2.reshape(-1, 3)
-    forces = base.forces(p1, p2, s.box_size, s.cosmology)
-    c_base = base.predict(p1, p2, s.box_size, s.cosmology, forces=forces)
+    c_base, fields = local_inputs(base, p1, p2, s.box_size, s.cosmology)
     c_true = basis.project(s.residual.reshape(len(s.times), -1, 3))
-    out = {"fields": field_inputs(p1, p2, forces, c_base),
+    out = {"fields": fields,
            "target": to_channels(c_true - c_base, s.n).astype(np.float32),
            "base": c_base.astype(np.float32), "cosmology": dict(s.cosmology),
            "box_size": float(s.box_size)}
