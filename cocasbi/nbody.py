@@ -373,7 +373,7 @@ class Stepper:
             raise ValueError("plain PM cannot skip forces before a_final")
         self._pending = _Pass()
         self._x = self._p = None
-        self._extra = (np.zeros(nb), np.zeros(nb))  # interval kick factors (run sets them)
+        self._extra = self._interval_extras()  # (closing, opening) extra kick factors
         self._f_ml = None  # the frame's force at the live computed force (interval kicks)
 
     # -- state (reading it completes the pending particle work)
@@ -570,7 +570,6 @@ class Stepper:
             self._p = np.zeros_like(self._x)
         else:
             self._p = -np.asarray(self.frame.residual_momentum(self.a), dtype=np.float64)
-        self._extra = self._interval_extras()
         self._observe("start")
         force = self._force(0)
         stops = self._collapse_stops()
