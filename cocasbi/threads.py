@@ -60,7 +60,7 @@ def keep_freed_memory() -> bool:
     A simulation allocates and frees arrays of N × 3 float64 (50 MB at 128³) that glibc serves
     with mmap and gives back with munmap, so the next simulation in the process pays for fresh,
     zeroed pages again. With mmap off and a 2 GB trim threshold the heap keeps them: on this
-    project's 2-core VM the 10-step COLA run at 128³/128³ took 1.23–1.59 s per run instead of
+    project's 2-core VM the 10-step COLA run at 128³/128³ took 1.35–1.69 s per run instead of
     alternating between 1.8 and 3.4 s (docs/performance.md). The process then keeps its peak
     heap (up to 2 GB above the live data), which is what a simulation worker wants. Returns
     whether it took effect (glibc only; elsewhere nothing changes).
