@@ -4,19 +4,30 @@ Mesh node j sits at x = j L / N_m. CIC assignment uses the same kernel for paint
 self-forces vanish and the total force is zero to round-off. Positions may lie outside [0, L)
 (unwrapped coordinates, negative ones included): paint and readout wrap them periodically.
 
-Particles are first counting-sorted (stably) by the x-plane ix of their lower CIC node, and
-paint walks them in that order, so that each task works on two mesh planes at a time even for
-clustered particles stored in Lagrangian order (a factor ~2 at late times). A readout may walk
-them in the same order (``readout_cic(..., order=)``) or, fused with per-particle work that
-streams the particle arrays, in Lagrangian order (:mod:`cocasbi.nbody`). Painting is
-parallel, race-free and deterministic: the mesh is cut into slabs of x-planes, one task per
-slab, and each task adds the sorted particles of its planes (and of the plane below) to the
-nodes it owns. Every node is written by one task only and receives its contributions in the
-sorted order, and a stable sort is unique, so the mesh is bit-identical whatever the number of
-threads (no atomics, no per-thread copies of the mesh). numba's thread count is that of the
-calling thread (:func:`cocasbi.threads.numba_threads`).
+Both start from the particles' *cells* (:func:`locate`): per particle and axis, the lower mesh
+node (wrapped into [0, N_m)) and the offset from it in cells (the CIC weight of the upper node),
+packed into one 8-byte word: a uint32 node and a float32 offset. A cells array is (N, 3) uint64;
+kernels read it through two (N, 6) views, ``cells.view(np.uint32)[:, 2a]`` (node of axis a) and
+``cells.view(np.float32)[:, 2a + 1]`` (offset), and the sort moves 24 bytes per particle, as
+many as the positions it replaces. Locating is a branch-free loop that the compiler
+vectorises; a force evaluation locates its particles once, and its paint and the readout of the
+resulting force use the same cells (a readout that recomputed them spent a third of its time
+there).
 
-Meshes are float32; particle coordinates float64.
+Particles are then counting-sorted (stably) by the x-plane of their lower node, and paint walks
+them in that order, so that each task works on two mesh planes at a time even for clustered
+particles stored in Lagrangian order (a factor ~2 at late times). A readout may walk them in the
+same order (``readout_cells(..., order=)``) or, fused with per-particle work that streams the
+particle arrays, in Lagrangian order (:mod:`cocasbi.nbody`). Painting is parallel, race-free
+and deterministic: the mesh is cut into slabs of x-planes, one task per slab, and each task adds
+the sorted particles of its planes (and of the plane below) to the nodes it owns. Every node is
+written by one task only and receives its contributions in the sorted order, and a stable sort
+is unique, so the mesh is bit-identical whatever the number of threads (no atomics, no
+per-thread copies of the mesh). numba's thread count is that of the calling thread
+(:func:`cocasbi.threads.numba_threads`).
+
+Meshes are float32; particle coordinates float64; cell offsets float32 (the precision of the
+mesh values they weight).
 """
 
 from __future__ import annotations
@@ -26,44 +37,75 @@ import numpy as np
 
 from cocasbi.fft import empty_aligned
 
+CELL_DTYPE = np.uint64  # one word per axis: uint32 lower node, float32 offset
 
-@numba.njit(cache=True, inline="always")
-def _cic_axis(x, inv_cell, n):
-    """Lower node (wrapped into [0, n)), upper node and fractional offset along one axis."""
-    f = x * inv_cell
-    fl = np.floor(f)
-    d = f - fl
-    i = int(fl)
-    if i < 0 or i >= n:  # rare: only unwrapped positions pay for the modulo
-        i = i % n
-    j = i + 1
-    if j == n:
-        j = 0
-    return i, j, d
+
+def check_mesh_size(n_mesh: int) -> None:
+    """Raise ValueError unless ``n_mesh`` is even and >= 4."""
+    if n_mesh % 2 or n_mesh < 4:
+        raise ValueError(f"n_mesh={n_mesh} must be even and >= 4")
+
+
+def cell_views(cells):
+    """The (N, 6) uint32 (nodes in even columns) and float32 (offsets in odd columns) views
+    of an (N, 3) cells array."""
+    return cells.view(np.uint32), cells.view(np.float32)
 
 
 @numba.njit(parallel=True, cache=True)
-def _sort_by_plane(pos, sorted_pos, key, order, n, inv_cell, nchunk):
-    """Stable counting sort of particles by the x-plane ix of their lower CIC node.
+def _locate(coords, node, frac, inv_cell, n):
+    """node[2i] = floor(x_i / h) wrapped into [0, n), frac[2i + 1] = x_i / h − floor(x_i / h)
+    for every coordinate of the flat (3N,) array ``coords`` (``node``, ``frac``: flat views
+    of the cells' words).
 
-    Fills ``sorted_pos`` = pos[order], the permutation ``order`` (skipped if ``order`` is
-    empty) and returns ``start``, with start[x] the first sorted index of x-plane x
-    (start[n] = N); ``key`` (int32, N) is work space. A stable sort is unique, so the result
-    does not depend on ``nchunk`` (histogram and scatter run in parallel over particle chunks).
-    Within a plane the particles keep their Lagrangian order, which is coherent in (y, z): the
-    two planes a slab of particles paints (n² nodes each) stay in cache. Sorting by plane
-    rather than by mesh column (ix, iy) keeps that locality with an n-entry histogram, and the
-    scatter writes to n streams instead of n², which made the sort 2.5x faster.
+    One flat, branch-free loop, so that LLVM vectorises it (it is then bound by memory
+    bandwidth). The wrap floor − n floor(floor / n) is exact for |x / h| < 2⁵³; a non-finite
+    coordinate gets node 0 (its NaN offset then poisons the mesh, which the simulation
+    reports), so no index can leave the mesh.
     """
-    npart = pos.shape[0]
+    nf = np.float64(n)
+    for i in numba.prange(coords.shape[0]):
+        f = coords[i] * inv_cell
+        fl = np.floor(f)
+        w = fl - nf * np.floor(fl / nf)
+        node[2 * i] = np.uint32(w) if w >= 0.0 and w < nf else np.uint32(0)
+        frac[2 * i + 1] = np.float32(f - fl)
+
+
+def locate(positions, n_mesh: int, box_size: float, cells=None):
+    """CIC cells of particles on an n_mesh³ mesh: an (N, 3) uint64 array (see the module
+    docstring), filled in ``cells`` if given (C-contiguous).
+
+    positions [Mpc/h], wrapped periodically.
+    """
+    pos = as_positions(positions)
+    if cells is None:
+        cells = np.empty(pos.shape, dtype=CELL_DTYPE)
+    node, frac = cell_views(cells)
+    _locate(pos.reshape(-1), node.reshape(-1), frac.reshape(-1), n_mesh / box_size, n_mesh)
+    return cells
+
+
+@numba.njit(parallel=True, cache=True)
+def _sort_by_plane(cells, node, sorted_cells, order, n, nchunk):
+    """Stable counting sort of particle cells by their x-plane (``node`` = the uint32 view).
+
+    Fills ``sorted_cells`` = cells[order] and the permutation ``order`` (skipped if ``order``
+    is empty) and returns ``start``, with start[x] the first sorted index of x-plane x
+    (start[n] = N). A stable sort is unique, so the result does not depend on ``nchunk``
+    (histogram and scatter run in parallel over particle chunks). Within a plane the particles
+    keep their Lagrangian order, which is coherent in (y, z): the two planes a slab of
+    particles paints (n² nodes each) stay in cache. Sorting by plane rather than by mesh column
+    (x, y) keeps that locality with an n-entry histogram, and the scatter writes to n streams
+    instead of n², which made the sort 2.5x faster.
+    """
+    npart = cells.shape[0]
     with_order = order.shape[0] > 0
     hist = np.zeros((nchunk, n), dtype=np.int64)  # before the prefix sum: counts
     for c in numba.prange(nchunk):
         h = hist[c]
         for p in range((c * npart) // nchunk, ((c + 1) * npart) // nchunk):
-            ix, _, _ = _cic_axis(pos[p, 0], inv_cell, n)
-            key[p] = ix
-            h[ix] += 1
+            h[node[p, 0]] += 1
     start = np.empty(n + 1, dtype=np.int64)
     total = 0
     for k in range(n):  # exclusive prefix sum, plane-major then chunk
@@ -76,54 +118,69 @@ def _sort_by_plane(pos, sorted_pos, key, order, n, inv_cell, nchunk):
     for c in numba.prange(nchunk):
         h = hist[c]
         for p in range((c * npart) // nchunk, ((c + 1) * npart) // nchunk):
-            k = key[p]
+            k = node[p, 0]
             s = h[k]
             if with_order:
                 order[s] = p
-            sorted_pos[s, 0] = pos[p, 0]
-            sorted_pos[s, 1] = pos[p, 1]
-            sorted_pos[s, 2] = pos[p, 2]
+            sorted_cells[s, 0] = cells[p, 0]
+            sorted_cells[s, 1] = cells[p, 1]
+            sorted_cells[s, 2] = cells[p, 2]
             h[k] = s + 1
     return start
 
 
-@numba.njit(cache=True)
-def _paint_range(mesh, pos, s0, s1, lo, hi, w, inv_cell):
-    """Add the CIC weights of (sorted) particles s0..s1-1 to the nodes of x-planes [lo, hi).
+def sort_by_plane(cells, n_mesh: int, sorted_cells=None, order=None):
+    """Plane sort (see _sort_by_plane) of particle cells from :func:`locate`.
 
-    Plane indices are compared unwrapped: a particle's upper plane ix + 1 (= n across the
+    Returns ``(sorted_cells, order, start)``. ``order`` (int64, N) receives the permutation;
+    allocated if None, not computed if empty (paint alone needs only ``start``).
+    ``sorted_cells`` is filled if given.
+    """
+    if sorted_cells is None:
+        sorted_cells = np.empty_like(cells)
+    if order is None:
+        order = np.empty(len(cells), dtype=np.int64)
+    start = _sort_by_plane(cells, cells.view(np.uint32), sorted_cells, order, n_mesh,
+                           _nthreads())
+    return sorted_cells, order, start
+
+
+@numba.njit(cache=True)
+def _paint_range(mesh, node, frac, s0, s1, lo, hi, w):
+    """Add the CIC weights of (sorted) particles s0..s1-1 to the nodes of x-planes [lo, hi)
+    (``node``, ``frac``: the views of :func:`cell_views`).
+
+    Plane indices are compared unwrapped: a particle's upper plane x + 1 (= n across the
     boundary) is painted only if it lies in [lo, hi), so ranges may be given as [n, n + 1).
     """
-    n = mesh.shape[0]
-    one = np.float32(1.0)
     u = np.uint64  # unsigned nodes: indexing without the negative-index test (23 % faster)
+    n = u(mesh.shape[0])
+    one = np.float32(1.0)
     for p in range(s0, s1):
-        ix, jx, dx = _cic_axis(pos[p, 0], inv_cell, n)
-        iy, jy, dy = _cic_axis(pos[p, 1], inv_cell, n)
-        iz, jz, dz = _cic_axis(pos[p, 2], inv_cell, n)
-        uiy, ujy, uiz, ujz = u(iy), u(jy), u(iz), u(jz)
-        fy, fz = np.float32(dy), np.float32(dz)
+        ix, iy, iz = np.int64(node[p, 0]), u(node[p, 2]), u(node[p, 4])
+        jy, jz = _upper(iy, n), _upper(iz, n)
+        fy, fz = frac[p, 3], frac[p, 5]
         gy, gz = one - fy, one - fz
         if ix >= lo and ix < hi:
-            a = w * (one - np.float32(dx))
+            a = w * (one - frac[p, 1])
             a0, a1 = a * gy, a * fy
             plane = mesh[u(ix)]
-            plane[uiy, uiz] += a0 * gz
-            plane[uiy, ujz] += a0 * fz
-            plane[ujy, uiz] += a1 * gz
-            plane[ujy, ujz] += a1 * fz
+            plane[iy, iz] += a0 * gz
+            plane[iy, jz] += a0 * fz
+            plane[jy, iz] += a1 * gz
+            plane[jy, jz] += a1 * fz
         if ix + 1 >= lo and ix + 1 < hi:
-            a = w * np.float32(dx)
+            a = w * frac[p, 1]
             a0, a1 = a * gy, a * fy
-            plane = mesh[u(jx)]
-            plane[uiy, uiz] += a0 * gz
-            plane[uiy, ujz] += a0 * fz
-            plane[ujy, uiz] += a1 * gz
-            plane[ujy, ujz] += a1 * fz
+            plane = mesh[_upper(u(ix), n)]
+            plane[iy, iz] += a0 * gz
+            plane[iy, jz] += a0 * fz
+            plane[jy, iz] += a1 * gz
+            plane[jy, jz] += a1 * fz
 
 
 @numba.njit(parallel=True, cache=True)
-def _paint(mesh, pos, start, w, init, inv_cell, ntask):
+def _paint(mesh, node, frac, start, w, init, ntask):
     """mesh = init + Σ_p w CIC(x_p), slab-parallel over x-planes.
 
     Task t owns planes [lo, hi) (cut to balance particle counts) and adds, in sorted order,
@@ -148,27 +205,11 @@ def _paint(mesh, pos, start, w, init, inv_cell, ntask):
         mesh[lo:hi] = init
         # the particles of plane lo − 1 feed plane lo (across the boundary when lo = 0) ...
         if lo == 0:
-            _paint_range(mesh, pos, start[n - 1], start[n], n, n + 1, w, inv_cell)
+            _paint_range(mesh, node, frac, start[n - 1], start[n], n, n + 1, w)
         else:
-            _paint_range(mesh, pos, start[lo - 1], start[lo], lo, lo + 1, w, inv_cell)
+            _paint_range(mesh, node, frac, start[lo - 1], start[lo], lo, lo + 1, w)
         # ... then those of planes lo..hi−1 feed every owned plane (not plane 0 again)
-        _paint_range(mesh, pos, start[lo], start[hi], lo, hi, w, inv_cell)
-
-
-def sort_by_plane(pos, sorted_pos, n, box_size, order=None, key=None):
-    """Plane sort (see _sort_by_plane) of positions [Mpc/h] for an n³ mesh.
-
-    Returns ``(order, start)``. ``order`` (int64, N) receives the permutation; allocated if
-    None, not computed if empty (paint alone needs only ``start``). ``key``: optional int32 (N,)
-    work array (allocated if None).
-    """
-    npart = len(pos)
-    if order is None:
-        order = np.empty(npart, dtype=np.int64)
-    if key is None:
-        key = np.empty(npart, dtype=np.int32)
-    start = _sort_by_plane(pos, sorted_pos, key, order, n, n / box_size, _nthreads())
-    return order, start
+        _paint_range(mesh, node, frac, start[lo], start[hi], lo, hi, w)
 
 
 def as_positions(positions):
@@ -182,12 +223,13 @@ def _nthreads():
     return max(1, numba.get_num_threads())
 
 
-def paint_sorted(out, sorted_pos, start, box_size, weight):
+def paint_sorted(out, sorted_cells, start, weight=None):
+    """Paint plane-sorted cells (:func:`sort_by_plane`) into ``out`` (float32, N_m³): δ with
+    the default weight N_m³/N, the density ρ with an explicit ``weight``."""
     n_mesh = out.shape[0]
-    w = n_mesh**3 / len(sorted_pos) if weight is None else weight
+    w = n_mesh**3 / len(sorted_cells) if weight is None else weight
     init = -1.0 if weight is None else 0.0
-    _paint(out, sorted_pos, start, np.float32(w), np.float32(init), n_mesh / box_size,
-           _nthreads())
+    _paint(out, *cell_views(sorted_cells), start, np.float32(w), np.float32(init), _nthreads())
     return out
 
 
@@ -201,17 +243,22 @@ def paint_cic(positions, n_mesh: int, box_size: float, out=None, weight: float |
     goes to ``out`` (C-contiguous float32 (N_m,)*3) if given. Deterministic and race-free:
     bit-identical for any thread count.
     """
-    pos = as_positions(positions)
-    if n_mesh % 2 or n_mesh < 4:
-        raise ValueError(f"n_mesh={n_mesh} must be even and >= 4")
+    check_mesh_size(n_mesh)
     if out is None:
         out = empty_aligned((n_mesh,) * 3, np.float32)
     elif out.shape != (n_mesh,) * 3 or out.dtype != np.float32 or not out.flags.c_contiguous:
         raise ValueError("out must be a C-contiguous float32 array of shape (n_mesh,)*3")
-    sorted_pos = np.empty_like(pos)
-    _, start = sort_by_plane(pos, sorted_pos, n_mesh, box_size,
-                              order=np.empty(0, dtype=np.int64))
-    return paint_sorted(out, sorted_pos, start, box_size, weight)
+    sorted_cells, _, start = sort_by_plane(locate(positions, n_mesh, box_size), n_mesh,
+                                           order=np.empty(0, dtype=np.int64))
+    return paint_sorted(out, sorted_cells, start, weight)
+
+
+@numba.njit(cache=True, inline="always")
+def _upper(i, n):
+    """The node above ``i`` on a periodic axis of ``n`` nodes (both uint64: numba compares
+    mixed signed and unsigned integers as floats)."""
+    j = i + np.uint64(1)
+    return np.uint64(0) if j == n else j
 
 
 @numba.njit(cache=True, inline="always")
@@ -226,52 +273,58 @@ def interpolate(meshes, c, ix, jx, iy, jy, iz, jz, w00, w01, w10, w11, tz, fz):
 
 
 @numba.njit(cache=True, inline="always")
-def cic_weights(x, y, z, inv_cell, n):
-    """Lower and upper nodes and float32 CIC weights of one position (as in _paint_range).
+def cic_weights(node, frac, p, n):
+    """Lower and upper nodes and float32 CIC weights of particle ``p``'s cell (as in paint),
+    from the views of :func:`cell_views`; ``n`` is the mesh size as uint64.
 
     Returns (ix, jx, iy, jy, iz, jz, w00, w01, w10, w11, tz, fz), the weights of the four
     (x, y) columns and the two z offsets. The nodes are unsigned: numba then indexes without
     the negative-index wraparound test (24 gathers per particle: 5-8 % of a readout).
     """
     one = np.float32(1.0)
-    ix, jx, dx = _cic_axis(x, inv_cell, n)
-    iy, jy, dy = _cic_axis(y, inv_cell, n)
-    iz, jz, dz = _cic_axis(z, inv_cell, n)
-    fx, fy, fz = np.float32(dx), np.float32(dy), np.float32(dz)
-    tx, ty, tz = one - fx, one - fy, one - fz
     u = np.uint64
-    return (u(ix), u(jx), u(iy), u(jy), u(iz), u(jz), tx * ty, tx * fy, fx * ty, fx * fy, tz,
-            fz)
+    ix, iy, iz = u(node[p, 0]), u(node[p, 2]), u(node[p, 4])
+    fx, fy, fz = frac[p, 1], frac[p, 3], frac[p, 5]
+    tx, ty, tz = one - fx, one - fy, one - fz
+    return (ix, _upper(ix, n), iy, _upper(iy, n), iz, _upper(iz, n), tx * ty, tx * fy, fx * ty,
+            fx * fy, tz, fz)
 
 
 @numba.njit(parallel=True, cache=True)
-def _readout(meshes, pos, order, out, inv_cell):
-    """out[order[s], c] = Σ CIC weights × meshes[c] at the 8 nodes around pos[s]."""
+def _readout(meshes, node, frac, order, out):
+    """out[order[s], c] = Σ CIC weights × meshes[c] at the 8 nodes of cell s."""
     ncomp = meshes.shape[0]
-    n = meshes.shape[1]
-    for s in numba.prange(pos.shape[0]):
+    n = np.uint64(meshes.shape[1])
+    for s in numba.prange(node.shape[0]):
         p = order[s]
-        ix, jx, iy, jy, iz, jz, w00, w01, w10, w11, tz, fz = cic_weights(
-            pos[s, 0], pos[s, 1], pos[s, 2], inv_cell, n)
+        ix, jx, iy, jy, iz, jz, w00, w01, w10, w11, tz, fz = cic_weights(node, frac, s, n)
         for c in range(ncomp):
             out[p, c] = interpolate(meshes, c, ix, jx, iy, jy, iz, jz, w00, w01, w10, w11,
                                     tz, fz)
 
 
-def readout_cic(meshes, positions, box_size: float, out=None, order=None):
+def readout_cells(meshes, cells, out=None, order=None):
+    """CIC readout of (C, N_m, N_m, N_m) meshes at particle cells (:func:`locate`).
+
+    Returns (N, C) float64 values. With ``order`` (a permutation), the cells are taken as
+    sorted, row s belonging to particle order[s], and the values are returned in the original
+    particle order.
+    """
+    if out is None:
+        out = np.empty((len(cells), meshes.shape[0]), dtype=np.float64)
+    if order is None:
+        order = np.arange(len(cells))
+    _readout(meshes, *cell_views(cells), order, out)
+    return out
+
+
+def readout_cic(meshes, positions, box_size: float, out=None):
     """Interpolate mesh fields to particle positions with CIC (the paint kernel).
 
     meshes: (C, N_m, N_m, N_m) or (N_m, N_m, N_m) array; positions [Mpc/h], wrapped
-    periodically. Returns (N, C) float64 values (or (N,) for a single mesh). With ``order``
-    (a permutation), ``positions`` are taken as sorted, row s belonging to particle order[s],
-    and the values are returned in the original particle order.
+    periodically. Returns (N, C) float64 values (or (N,) for a single mesh).
     """
     single = meshes.ndim == 3
     m = meshes[None] if single else meshes
-    pos = as_positions(positions)
-    if out is None:
-        out = np.empty((len(pos), m.shape[0]), dtype=np.float64)
-    if order is None:
-        order = np.arange(len(pos))
-    _readout(m, pos, order, out, m.shape[-1] / box_size)
+    out = readout_cells(m, locate(positions, m.shape[-1], box_size), out=out)
     return out[:, 0] if single else out

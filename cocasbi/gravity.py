@@ -19,7 +19,15 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from cocasbi.cic import as_positions, paint_cic, paint_sorted, readout_cic, sort_by_plane
+from cocasbi.cic import (
+    CELL_DTYPE,
+    check_mesh_size,
+    locate,
+    paint_cic,
+    paint_sorted,
+    readout_cells,
+    sort_by_plane,
+)
 from cocasbi.fft import FFT, HAVE_PYFFTW, empty_aligned, fftw_plan
 from cocasbi.threads import default_threads
 
@@ -120,8 +128,7 @@ class ForceSolver:
 
     def __init__(self, n_mesh: int, box_size: float, Omega_m: float, kernel: str = "fd",
                  threads: int = 0, *, gradient: str | None = None):
-        if n_mesh % 2 or n_mesh < 4:
-            raise ValueError(f"n_mesh={n_mesh} must be even and >= 4")
+        check_mesh_size(n_mesh)
         gradient = gradient or ("mesh" if kernel == "fd" else "fourier")
         if gradient not in ("mesh", "fourier") or (gradient == "mesh" and kernel != "fd"):
             raise ValueError(f"gradient={gradient!r} is not available for kernel={kernel!r}")
@@ -139,7 +146,7 @@ class ForceSolver:
         self._factor = 1.5 * Omega_m / n_mesh**3  # Poisson factor and the c2r 1/N³
         shape, cshape = (n_mesh,) * 3, (n_mesh, n_mesh, nz)
         self._delta = empty_aligned(shape, np.float32)
-        self._sorted_pos = np.empty((0, 3))
+        self._npart = -1  # particle work arrays are sized on the first paint
         self._real = empty_aligned(shape, np.float32)  # paint target and c2r output (ψ)
         self._cplx = empty_aligned(cshape, np.complex64)  # r2c output, Green's function in place
         self._force_mesh = empty_aligned((3,) + shape, np.float32)
@@ -197,32 +204,42 @@ class ForceSolver:
         return self._force_from_real()
 
     def _paint(self, positions, with_order: bool):
-        """Sort the particles by mesh plane and paint δ into ``self._real``; the permutation
-        is returned if ``with_order`` (work arrays are reused between calls)."""
-        pos = as_positions(positions)
-        if self._sorted_pos.shape != pos.shape:
-            self._sorted_pos = np.empty_like(pos)
-            self._key = np.empty(len(pos), dtype=np.int32)
+        """Locate the particles, sort their cells by mesh plane and paint δ into
+        ``self._real``; the permutation is returned if ``with_order`` (work arrays are reused
+        between calls)."""
+        npart = len(positions)
+        if npart != self._npart:
+            self._npart = npart
+            self._cells = np.empty((npart, 3), dtype=CELL_DTYPE)
+            self._sorted_cells = np.empty_like(self._cells)
             self._order = np.empty(0, dtype=np.int64)
-        if with_order and len(self._order) != len(pos):
-            self._order = np.empty(len(pos), dtype=np.int64)  # only for __call__'s readout
-        sp = self._sorted_pos
+        if with_order and len(self._order) != npart:
+            self._order = np.empty(npart, dtype=np.int64)  # only for __call__'s readout
+        locate(positions, self.n, self.box_size, self._cells)
         order = self._order if with_order else self._order[:0]
-        _, start = sort_by_plane(pos, sp, self.n, self.box_size, order=order, key=self._key)
-        paint_sorted(self._real, sp, start, self.box_size, None)
-        return sp, order
+        _, _, start = sort_by_plane(self._cells, self.n, self._sorted_cells, order)
+        paint_sorted(self._real, self._sorted_cells, start)
+        return order
+
+    @property
+    def cells(self):
+        """The CIC cells (:func:`cocasbi.cic.locate`) of the positions of the last force
+        evaluation, in their order; a readout of the force mesh at those positions can use
+        them instead of locating the particles again. Valid until the next call."""
+        return self._cells
 
     def force_field(self, positions):
         """(3, N_m, N_m, N_m) float32 force mesh of these particles (owned by the solver).
 
         The force on a particle is the CIC readout of this mesh at its position (mesh node j at
-        x = j L / N_m): :func:`cocasbi.cic.readout_cic`, or a caller's kernel that fuses the
-        readout with its own per-particle work (:mod:`cocasbi.nbody`). Valid until the next call.
+        x = j L / N_m): :func:`cocasbi.cic.readout_cells` of :attr:`cells`, or a caller's kernel
+        that fuses the readout with its own per-particle work (:mod:`cocasbi.nbody`). Valid until
+        the next call.
         """
         self._paint(positions, with_order=False)
         return self._force_from_real()
 
     def __call__(self, positions, out=None):
         """Force at each particle, (N, 3) float64 (read out in mesh order)."""
-        sp, order = self._paint(positions, with_order=True)
-        return readout_cic(self._force_from_real(), sp, self.box_size, out=out, order=order)
+        order = self._paint(positions, with_order=True)
+        return readout_cells(self._force_from_real(), self._sorted_cells, out=out, order=order)

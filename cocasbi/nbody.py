@@ -33,7 +33,7 @@ import numba
 import numpy as np
 from tqdm.auto import tqdm
 
-from cocasbi.cic import cic_weights, interpolate
+from cocasbi.cic import cell_views, cic_weights, interpolate, locate
 from cocasbi.cosmology import Cosmology
 from cocasbi.gravity import ForceSolver
 from cocasbi.ic import LPTFields
@@ -222,15 +222,18 @@ _F_KICK2, _F_KICK1, _F_DRIFT, _F_LPT, _F_FRAME2, _F_FRAME1, _F_FRAME_DRIFT, _F_S
 _NO_FORCE, _READOUT, _BUFFER = 0, 1, 2
 _NO_ARRAY = np.zeros((1, 3))
 _NO_MESH = np.zeros((3, 2, 2, 2), dtype=np.float32)
+_NO_CELLS = cell_views(np.zeros((1, 3), dtype=np.uint64))
 
 
 @numba.njit(parallel=True, cache=True)
-def _particle_pass(source, x, p, psi1, psi2, mesh, inv_cell, force, coef, flags,
+def _particle_pass(source, x, p, psi1, psi2, mesh, node, frac, force, coef, flags,
                    k2_m0, k2_m1, k1_m0, k1_m1, drift_m):
     """Up to two kicks and one drift of every particle, in one parallel pass.
 
-    source: _READOUT (the force is the CIC readout of ``mesh`` at x, before the drift; stored
-    in ``force`` if flags[_F_STORE]), _BUFFER (read from ``force``) or _NO_FORCE (drift only).
+    source: _READOUT (the force is the CIC readout of ``mesh`` at x, before the drift, from the
+    particles' cells located when the mesh was painted, as the views ``node``, ``frac`` of
+    :func:`cocasbi.cic.cell_views`; stored in ``force`` if flags[_F_STORE]), _BUFFER (read from
+    ``force``) or _NO_FORCE (drift only).
     Particles are visited in Lagrangian order, so every particle array streams through memory
     once; the mesh gathers stay local as long as displacements are coherent (a mesh-sorted
     walk reads the particle arrays out of order and was 2-3x slower). Per particle and axis,
@@ -244,7 +247,7 @@ def _particle_pass(source, x, p, psi1, psi2, mesh, inv_cell, force, coef, flags,
     pass in two (an observer looking in between) does not change a bit. Particles are
     independent, so the result does not depend on the number of threads.
     """
-    n = mesh.shape[1]
+    n = np.uint64(mesh.shape[1])
     kick2, kick1, drift = flags[_F_KICK2], flags[_F_KICK1], flags[_F_DRIFT]
     lpt, store = flags[_F_LPT], flags[_F_STORE]
     fr2, fr1, frd = flags[_F_FRAME2], flags[_F_FRAME1], flags[_F_FRAME_DRIFT]
@@ -260,8 +263,7 @@ def _particle_pass(source, x, p, psi1, psi2, mesh, inv_cell, force, coef, flags,
         ix = jx = iy = jy = iz = jz = u0
         w00 = w01 = w10 = w11 = tz = fz = z32
         if readout:
-            ix, jx, iy, jy, iz, jz, w00, w01, w10, w11, tz, fz = cic_weights(
-                x[i, 0], x[i, 1], x[i, 2], inv_cell, n)
+            ix, jx, iy, jy, iz, jz, w00, w01, w10, w11, tz, fz = cic_weights(node, frac, i, n)
         for c in range(3):
             v = p[i, c]
             if kick:
@@ -293,9 +295,10 @@ def _particle_pass(source, x, p, psi1, psi2, mesh, inv_cell, force, coef, flags,
 class _Force:
     """A force evaluated at boundary a_force and not yet used by all its kicks."""
 
-    def __init__(self, a_force: float, uses: int, field=None, values=None):
+    def __init__(self, a_force: float, uses: int, field=None, cells=None, values=None):
         self.a_force, self.uses = a_force, uses
-        self.field = field  # force mesh, to be read out at the current positions
+        self.field = field  # force mesh, to be read out at the current positions ...
+        self.cells = cells  # ... whose CIC cells were located for its paint
         self.values = values  # (N, 3) float64 force per particle, once read out
 
 
@@ -423,7 +426,11 @@ class Stepper:
         a = float(self.schedule.boundaries[index])
         uses = int(index > 0) + int(index < self.schedule.n_steps)
         if hasattr(self.solver, "force_field"):
-            force = _Force(a, uses, field=self.solver.force_field(self._x))
+            field_ = self.solver.force_field(self._x)
+            cells = getattr(self.solver, "cells", None)
+            if cells is None:  # a solver that does not share its cells
+                cells = locate(self._x, field_.shape[1], self.box_size)
+            force = _Force(a, uses, field=field_, cells=cells)
         else:  # any callable x -> (N, 3) forces
             force = _Force(a, uses, values=np.asarray(self.solver(self._x), dtype=np.float64))
         self._pending.force = force
@@ -515,16 +522,15 @@ class Stepper:
         coef = np.zeros(8)
         flags = np.zeros(8, dtype=np.bool_)
         arrays = [_NO_ARRAY] * 5  # k2_m0, k2_m1, k1_m0, k1_m1, drift_m
-        mesh, inv_cell, values = _NO_MESH, 1.0, _NO_ARRAY
+        mesh, (node, frac), values = _NO_MESH, _NO_CELLS, _NO_ARRAY
         source = _NO_FORCE
         if force is not None:
             if force.field is not None:
                 source = _READOUT
-                mesh = force.field
-                inv_cell = mesh.shape[1] / self.box_size
+                mesh, (node, frac) = force.field, cell_views(force.cells)
                 if force.uses > 0:  # a later kick needs this force: keep it
                     force.values = np.empty_like(self._x)
-                    force.field = None
+                    force.field = force.cells = None
                     flags[_F_STORE] = True
                     values = force.values
             else:
@@ -550,8 +556,8 @@ class Stepper:
                 flags[_F_FRAME_DRIFT] = True
                 arrays[4] = mh
         flags[_F_LPT] = self.method != "pm"
-        _particle_pass(source, self._x, self._p, self.lpt.psi1, self.lpt.psi2, mesh, inv_cell,
-                       values, coef, flags, *arrays)
+        _particle_pass(source, self._x, self._p, self.lpt.psi1, self.lpt.psi2, mesh, node,
+                       frac, values, coef, flags, *arrays)
 
     def _observe(self, event: str):
         for obs in self.observers:

@@ -106,9 +106,10 @@ def test_readout_of_a_linear_field_is_exact_and_periodic():
 
 
 def test_readout_in_mesh_order_or_particle_order_gives_the_same_bits():
-    """The solver's sorted readout (__call__) and a readout of force_field in particle order
-    (what the stepper fuses into its kick) are the same float32 expressions: equal bits."""
-    from cocasbi.cic import sort_by_plane
+    """The solver's sorted readout (__call__), a readout of force_field in particle order at
+    the solver's cells (what the stepper fuses into its kick) and readout_cic at the positions
+    are the same float32 expressions: equal bits."""
+    from cocasbi.cic import cell_views, locate, readout_cells, sort_by_plane
 
     rng = np.random.default_rng(4)
     n, box = 16, 32.0
@@ -117,17 +118,25 @@ def test_readout_in_mesh_order_or_particle_order_gives_the_same_bits():
     sorted_readout = solver(pos)
     mesh = solver.force_field(pos)
     np.testing.assert_array_equal(readout_cic(mesh, pos, box), sorted_readout)
-    # the sort without its permutation fills the same sorted positions and plane starts
-    sp1, sp2 = np.empty_like(pos), np.empty_like(pos)
-    order, start1 = sort_by_plane(pos, sp1, n, box)
-    empty, start2 = sort_by_plane(pos, sp2, n, box, order=np.empty(0, dtype=np.int64))
+    np.testing.assert_array_equal(readout_cells(mesh, solver.cells), sorted_readout)
+    # the cells: wrapped lower node and offset in cells, per axis
+    cells = locate(pos, n, box)
+    np.testing.assert_array_equal(cells, solver.cells)
+    node, frac = cell_views(cells)
+    u = pos * n / box
+    np.testing.assert_array_equal(node[:, ::2], np.floor(u).astype(int) % n)
+    np.testing.assert_array_equal(frac[:, 1::2], (u - np.floor(u)).astype(np.float32))
+    # the sort without its permutation fills the same sorted cells and plane starts
+    sc1, order, start1 = sort_by_plane(cells, n)
+    sc2, empty, start2 = sort_by_plane(cells, n, order=np.empty(0, dtype=np.int64))
     assert empty.size == 0
-    np.testing.assert_array_equal(sp1, sp2)
+    np.testing.assert_array_equal(sc1, sc2)
     np.testing.assert_array_equal(start1, start2)
-    np.testing.assert_array_equal(sp1, pos[order])
+    np.testing.assert_array_equal(sc1, cells[order])
     # ... and is numpy's stable argsort by the (wrapped) plane of the lower CIC node
     plane = np.floor(pos[:, 0] * n / box).astype(int) % n
     np.testing.assert_array_equal(order, np.argsort(plane, kind="stable"))
+    np.testing.assert_array_equal(start1[:-1], np.searchsorted(plane[order], np.arange(n)))
     np.testing.assert_array_equal(start1, np.searchsorted(plane[order], np.arange(n + 1)))
 
 
@@ -274,3 +283,23 @@ def test_numpy_fft_fallback_gives_the_same_force(monkeypatch):
     monkeypatch.setattr(gravity, "HAVE_PYFFTW", False)
     fallback = gravity.ForceSolver(16, 32.0, 0.3)(q)
     np.testing.assert_allclose(fallback, with_fftw, atol=1e-5 * np.abs(with_fftw).max())
+
+
+def test_cells_wrap_far_positions_exactly_and_keep_non_finite_ones_on_the_mesh():
+    """locate wraps any |x| < 2^53 cells exactly (x and x + k L give the same node and offset
+    when x + k L is exact), and a NaN or infinite coordinate gets node 0 with a NaN offset: no
+    index leaves the mesh, and the NaN reaches the painted density."""
+    from cocasbi.cic import cell_views, locate
+
+    n, box = 16, 32.0
+    rng = np.random.default_rng(5)
+    base = rng.integers(0, 64, (200, 3)) * 0.5 + 0.25  # dyadic: shifts by k L stay exact
+    for k in (-(2**20), -3, -1, 1, 7, 2**30):
+        np.testing.assert_array_equal(locate(base + k * box, n, box), locate(base, n, box))
+    bad = base[:4].copy()
+    bad[0, 0], bad[1, 1], bad[2, 2] = np.nan, np.inf, -np.inf
+    node, frac = cell_views(locate(bad, n, box))
+    assert node[:, ::2].max() < n
+    assert node[0, 0] == node[1, 2] == node[2, 4] == 0
+    assert np.isnan([frac[0, 1], frac[1, 3], frac[2, 5]]).all()
+    assert np.isnan(paint_cic(bad, n, box)).any()
