@@ -24,13 +24,6 @@ from cocasbi.fft import FFT, wavenumbers
 from cocasbi.seeds import as_seed_sequence
 
 
-def _integer_k2(n: int):
-    """|m|² = m_x² + m_y² + m_z² (int32) of every rfft mode, m in fundamental units."""
-    m = np.fft.fftfreq(n, 1.0 / n).astype(np.int32)
-    mz = np.arange(n // 2 + 1, dtype=np.int32)
-    return m[:, None, None] ** 2 + m[None, :, None] ** 2 + mz[None, None, :] ** 2
-
-
 def linear_field_modes(n: int, box_size: float, cosmo: Cosmology, seed,
                        fixed_amplitude: bool = False, paired: bool = False, threads: int = 0):
     """Fourier modes δ_k (complex128, rfft layout) of the linear density at a = 1.
@@ -49,26 +42,54 @@ def linear_field_modes(n: int, box_size: float, cosmo: Cosmology, seed,
     if fixed_amplitude:
         amp = np.abs(modes)
         modes = np.where(amp > 0, modes / np.where(amp > 0, amp, 1.0), 0.0) * np.sqrt(n**3)
-    m2 = _integer_k2(n)
-    k = 2 * np.pi / box_size * np.sqrt(np.arange(int(m2.max()) + 1, dtype=np.float64))
-    modes *= np.sqrt(cosmo.linear_power(k) * n**3 / box_size**3)[m2]
-    nyq = n // 2
-    modes[nyq, :, :] = 0.0
-    modes[:, nyq, :] = 0.0
-    modes[:, :, nyq] = 0.0
-    modes[0, 0, 0] = 0.0
+    m2_max = 3 * (n // 2) ** 2
+    k = 2 * np.pi / box_size * np.sqrt(np.arange(m2_max + 1, dtype=np.float64))
+    _colour(modes, np.sqrt(cosmo.linear_power(k) * n**3 / box_size**3))
     return -modes if paired else modes
+
+
+@numba.njit(parallel=True, cache=True)
+def _colour(modes, amplitude):
+    """modes *= amplitude[|m|²] (m in fundamental units); the k = 0 mode and the Nyquist planes
+    are set to zero."""
+    n = modes.shape[0]
+    nyq = n // 2
+    for ip in numba.prange(n):
+        i = np.int64(ip)  # a signed index: numba would mix it with the signed ones as floats
+        mi = i if i < nyq else i - n
+        for j in range(n):
+            mj = j if j < nyq else j - n
+            mij = mi * mi + mj * mj
+            for k in range(modes.shape[2]):
+                if i == nyq or j == nyq or k == nyq:
+                    modes[i, j, k] = 0.0
+                else:
+                    v = modes[i, j, k]
+                    amp = amplitude[mij + k * k]
+                    modes[i, j, k] = complex(v.real * amp, v.imag * amp)
+    modes[0, 0, 0] = 0.0
 
 
 def lagrangian_grid(n_particles: int, box_size: float, n_mesh: int):
     """Lattice positions q [Mpc/h], (N³, 3) float64, half a mesh cell off the mesh nodes."""
     spacing = box_size / n_particles
     axis = np.arange(n_particles) * spacing + 0.5 * box_size / n_mesh
-    q = np.empty((n_particles,) * 3 + (3,))
-    q[..., 0] = axis[:, None, None]
-    q[..., 1] = axis[None, :, None]
-    q[..., 2] = axis[None, None, :]
-    return q.reshape(-1, 3)
+    q = np.empty((n_particles**3, 3))
+    _fill_lattice(axis, q)
+    return q
+
+
+@numba.njit(parallel=True, cache=True)
+def _fill_lattice(axis, q):
+    """q[(i n + j) n + k] = (axis[i], axis[j], axis[k])."""
+    n = axis.shape[0]
+    for i in numba.prange(n):
+        for j in range(n):
+            row = (i * n + j) * n
+            for k in range(n):
+                q[row + k, 0] = axis[i]
+                q[row + k, 1] = axis[j]
+                q[row + k, 2] = axis[k]
 
 
 @numba.njit(parallel=True, cache=True)
@@ -130,6 +151,20 @@ class LPTFields:
 
 
 @numba.njit(parallel=True, cache=True)
+def _inverse_laplacian(src, out, kx, ky, kz):
+    """out = src / (−k²) with k² = (kx² + ky²) + kz² [(h/Mpc)²], as numpy divides a complex
+    array by a real one (times the reciprocal); the k = 0 mode is divided by −1 (its source is
+    zero)."""
+    for i in numba.prange(src.shape[0]):
+        for j in range(src.shape[1]):
+            kxy = kx[i] * kx[i] + ky[j] * ky[j]
+            for k in range(src.shape[2]):
+                s = 1.0 / -(kxy + kz[k] * kz[k]) if i or j or k else -1.0
+                v = src[i, j, k]
+                out[i, j, k] = complex(v.real * s, v.imag * s)
+
+
+@numba.njit(parallel=True, cache=True)
 def _scaled_modes(src, out, coef, fx, fy, fz):
     """out[i, j, k] = src[i, j, k] × coef fx[i] fy[j] fz[k] (separable Fourier factor)."""
     nx, ny, nz = src.shape
@@ -183,10 +218,8 @@ def lpt_fields(delta_k, box_size: float, n_mesh: int, order: int = 2,
         raise ValueError(f"LPT order must be 1 or 2, got {order}")
     fft = FFT(n, threads, dtype=np.float64)
     kx, ky, kz = (k.ravel() for k in wavenumbers(n, box_size))
-    k2 = kx[:, None, None] ** 2 + ky[None, :, None] ** 2 + kz[None, None, :] ** 2
-    k2[0, 0, 0] = 1.0
-    phi1 = np.divide(delta_k, k2)
-    np.negative(phi1, out=phi1)  # ∇²φ1 = δ
+    phi1 = np.empty_like(delta_k)
+    _inverse_laplacian(delta_k, phi1, kx, ky, kz)  # ∇²φ1 = δ
     norm = 1.0 / n**3
 
     def to_real(modes, coef, *axes):
@@ -219,7 +252,8 @@ def lpt_fields(delta_k, box_size: float, n_mesh: int, order: int = 2,
         fft.real[...] = source
         del source, h00
         fft.r2c()
-        phi2 = np.divide(fft.modes, -k2, out=phi1)  # φ1 is no longer needed
+        phi2 = phi1  # φ1 is no longer needed
+        _inverse_laplacian(fft.modes, phi2, kx, ky, kz)  # ∇²φ2 = source
         psi2 = np.empty_like(psi1)
         phi2[0, 0, 0] = 0.0
         nyq = n // 2  # odd derivatives of the Nyquist planes are not real: drop them
