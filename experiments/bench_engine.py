@@ -9,7 +9,7 @@ fresh process per size:
   (``ForceSolver.force_field``: sort, paint, r2c, Green's function, c2r, gradient stencil), the
   particle passes (``nbody._particle_pass``: CIC readout of the force fused with the kicks, LPT
   terms and drift) and the rest (growth and kick/drift factors, set-up, final momenta). The
-  readout's share of the particle passes is estimated by timing ``readout_cic`` alone on the
+  readout's share of the particle passes is estimated by timing ``readout_cells`` alone on the
   final positions.
 * with ``--memory``, the peak resident memory (``ru_maxrss``) of one PM, COLA and COCA run, each
   in its own process, above the process's resident memory after imports and a 16³ warm-up run.
@@ -102,7 +102,7 @@ def worker_time(n_particles: int, n_mesh: int, repeat: int, threads: int,
     then one force evaluation alone (force mesh + readout in particle order) on the final
     positions, which are saved to ``positions_out`` (.npy) for JaxPM if given."""
     from cocasbi import nbody
-    from cocasbi.cic import readout_cic
+    from cocasbi.cic import readout_cells
     from cocasbi.cosmology import Cosmology
     from cocasbi.gravity import ForceSolver
     from cocasbi.simulation import initial_conditions, simulate
@@ -154,11 +154,11 @@ def worker_time(n_particles: int, n_mesh: int, repeat: int, threads: int,
         ts, tf = [], []
         for _ in range(5):
             t0 = time.perf_counter()
-            readout_cic(mesh, pos, sim.box_size, out=out)
+            readout_cells(mesh, solver.cells, out=out)
             ts.append(time.perf_counter() - t0)
         for _ in range(5):
             t0 = time.perf_counter()
-            readout_cic(force_field(pos), pos, sim.box_size, out=out)
+            readout_cells(force_field(pos), solver.cells, out=out)
             tf.append(time.perf_counter() - t0)
     if positions_out:
         np.save(positions_out, pos)

@@ -140,17 +140,18 @@ def fft_plans(n, threads, flags=fft.FFTW_FLAGS):
 def force_parts(solver, pos, repeat, warmup):
     """Timings [ms] of one force evaluation and of each of its parts."""
     n, box = solver.n, solver.box_size
-    sp = np.empty_like(pos)
-    order, start = cic.sort_by_plane(pos, sp, n, box)
+    cells = cic.locate(pos, n, box)
+    sc, order, start = cic.sort_by_plane(cells, n)
     out = np.empty_like(pos)
     solver(pos, out=out)
     delta = solver.density(pos).copy()
     res = {}
+    res["locate (CIC cells)"] = timed(lambda: cic.locate(pos, n, box, cells), repeat=repeat,
+                                      warmup=warmup)
     res["sort (counting sort by mesh plane)"] = timed(
-        lambda: cic.sort_by_plane(pos, sp, n, box), repeat=repeat, warmup=warmup)
-    res["paint (CIC, sorted)"] = timed(
-        lambda: cic.paint_sorted(solver._real, sp, start, box, None),
-        repeat=repeat, warmup=warmup)
+        lambda: cic.sort_by_plane(cells, n, sc, order), repeat=repeat, warmup=warmup)
+    res["paint (CIC, sorted)"] = timed(lambda: cic.paint_sorted(solver._real, sc, start),
+                                       repeat=repeat, warmup=warmup)
 
     def refill_real():
         solver._real[...] = delta
@@ -181,7 +182,7 @@ def force_parts(solver, pos, repeat, warmup):
         repeat=repeat, warmup=warmup)
     fm = solver._force_mesh
     res["readout (CIC, 3 comp.)"] = timed(
-        lambda: cic.readout_cic(fm, sp, box, out=out, order=order),
+        lambda: cic.readout_cells(fm, sc, out=out, order=order),
         repeat=repeat, warmup=warmup)
     res["sum of parts"] = (sum(v[0] for v in res.values()), sum(v[1] for v in res.values()))
     res["force evaluation (ForceSolver.__call__)"] = timed(
