@@ -95,37 +95,16 @@ class Cosmology:
     # ------------------------------------------------------------------ growth
     @cached_property
     def _growth(self):
-        """Raw growing-mode solution (D1 → a early) in s = ln a, dense output.
+        """Raw growing-mode solution (D1 → a early) as a function of s = ln a.
 
-        State: [D1, G1, D2, G2] with G = a³ E dD/da.
+        State: [D1, G1, D2, G2] with G = a³ E dD/da (:class:`cocasbi.growth.GrowthTable`).
         """
-        Om = self.Omega_m
-
-        def rhs(s, y):
-            a = np.exp(s)
-            E = np.sqrt(Om / a**3 + 1.0 - Om)
-            d1, g1, d2, g2 = y
-            return [
-                g1 / (a**2 * E),
-                1.5 * Om * d1 / (a * E),
-                g2 / (a**2 * E),
-                1.5 * Om * (d2 - d1 * d1) / (a * E),
-            ]
+        from cocasbi.growth import GrowthTable
 
         a0 = _A_EARLY
-        E0 = np.sqrt(Om / a0**3 + 1.0 - Om)
+        E0 = np.sqrt(self.Omega_m / a0**3 + 1.0 - self.Omega_m)
         y0 = [a0, a0**3 * E0, -3.0 / 7.0 * a0**2, a0**3 * E0 * (-6.0 / 7.0 * a0)]
-        from scipy.integrate import solve_ivp
-
-        return solve_ivp(
-            rhs,
-            (np.log(a0), np.log(_A_LATE)),
-            y0,
-            method="DOP853",
-            rtol=1e-12,
-            atol=1e-30,
-            dense_output=True,
-        ).sol
+        return GrowthTable(self.Omega_m, np.log(a0), np.log(_A_LATE), y0)
 
     def growth_raw(self, a):
         """Un-normalised [D1, G1, D2, G2](a), with D1 → a and D2 → −3/7 a² early on."""
