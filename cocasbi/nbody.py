@@ -221,7 +221,7 @@ _F_KICK2, _F_KICK1, _F_DRIFT, _F_LPT, _F_FRAME2, _F_FRAME1, _F_FRAME_DRIFT, _F_S
 # Where a pass takes the force from.
 _NO_FORCE, _READOUT, _BUFFER = 0, 1, 2
 _NO_ARRAY = np.zeros((1, 3))
-_NO_MESH = np.zeros((3, 2, 2, 2), dtype=np.float32)
+_NO_MESH = np.moveaxis(np.zeros((2, 2, 2, 3), dtype=np.float32), -1, 0)  # as the solver's
 _NO_CELLS = cell_views(np.zeros((1, 3), dtype=np.uint64))
 
 
