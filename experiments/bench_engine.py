@@ -31,6 +31,8 @@ with ``--threads 1`` it is what the run would take on an otherwise idle core.
                                        [--threads 0] [--memory] [--no-time]
                                        [--json out.json] [--jaxpm PYTHON]
     python experiments/bench_engine.py --plot before=OLD.json after=NEW.json [--out PNG]
+
+A report of ``bench_engine_ab.py`` given to ``--plot`` draws the medians of both its versions.
 """
 
 from __future__ import annotations
@@ -237,7 +239,7 @@ def plot(reports: dict[str, dict], path: str) -> None:
         n_p, n_m = size.split(":")
         ax.set_xticks(range(len(labels)), labels, fontsize=7)
         ax.set_title(f"{n_p}³ particles / {n_m}³ mesh", fontsize=9)
-        ax.set_ylabel("wall time [s], best run")
+        ax.set_ylabel("wall time [s]")
     handles, names = axes[0][0].get_legend_handles_labels()
     fig.legend(handles[::-1], names[::-1], fontsize=7, loc="center right")
     fig.subplots_adjust(left=0.06, right=0.8, wspace=0.35)
@@ -270,7 +272,14 @@ def main(argv=None):
         for item in args.plot:
             label, _, file = item.partition("=")
             with open(file) as f:
-                reports[label] = json.load(f)
+                report = json.load(f)
+            if "rev" in report:  # bench_engine_ab.py: the medians of both versions
+                for version, name in ((report["package"], report["rev"]), ("cocasbi", "now")):
+                    reports[f"{label} {name}"] = {"time": {
+                        size: {part: float(np.median(v)) for part, v in runs[version].items()}
+                        for size, runs in report["sizes"].items()}}
+            else:
+                reports[label] = report
         plot(reports, args.out)
         return
     if args.worker:
