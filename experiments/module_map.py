@@ -26,7 +26,8 @@ PACKAGE = ROOT / "cocasbi"
 #: (layer name, module-name prefixes), bottom to top
 LAYERS = [
     ("foundations", ["cocasbi.seeds", "cocasbi.threads", "cocasbi.io", "cocasbi.config",
-                     "cocasbi.cosmology", "cocasbi.boltzmann", "cocasbi.prior"]),
+                     "cocasbi.cosmology", "cocasbi.growth", "cocasbi.boltzmann",
+                     "cocasbi.prior"]),
     ("mesh", ["cocasbi.fft", "cocasbi.cic", "cocasbi.gravity"]),
     ("particles", ["cocasbi.ic", "cocasbi.nbody", "cocasbi.frame"]),
     ("runs", ["cocasbi.simulation", "cocasbi.stats"]),
