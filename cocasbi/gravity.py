@@ -154,11 +154,15 @@ class ForceSolver:
         self._npart = -1  # particle work arrays are sized on the first paint
         self._real = empty_aligned(shape, np.float32)  # paint target and c2r output (ψ)
         self._cplx = empty_aligned(cshape, np.complex64)  # r2c output, Green's function in place
-        # components interleaved in memory, seen as (3, N, N, N): the 24 mesh values of a CIC
-        # readout then span a third as many cache lines (a 256³ mesh: readout 93 -> 57 ms;
-        # a 128³ mesh, which fits in the cache: no change)
-        self._force_nodes = empty_aligned(shape + (3,), np.float32)  # (N, N, N, 3)
-        self._force_mesh = np.moveaxis(self._force_nodes, -1, 0)
+        if gradient == "mesh":
+            # components interleaved in memory, seen as (3, N, N, N): the 24 mesh values of a
+            # CIC readout then span a third as many cache lines (a 256³ mesh: readout
+            # 93 -> 57 ms; a 128³ mesh, which fits in the cache: no change)
+            self._force_nodes = empty_aligned(shape + (3,), np.float32)  # (N, N, N, 3)
+            self._force_mesh = np.moveaxis(self._force_nodes, -1, 0)
+        else:  # each component is the output of its own c2r: contiguous (strided FFTW output
+            # made that route 2x slower)
+            self._force_mesh = empty_aligned((3,) + shape, np.float32)
         if HAVE_PYFFTW:
             self._fwd = fftw_plan(self._real, self._cplx, "FFTW_FORWARD", self.threads)
         if gradient == "mesh":
