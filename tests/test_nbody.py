@@ -247,13 +247,21 @@ class _Peek:
 @pytest.mark.parametrize("method", ["pm", "cola"])
 def test_observers_and_plain_force_callables_see_the_same_bits(method):
     """Fused passes (mesh readout inside the kick/drift kernel), passes split by an observer
-    (force kept in a buffer), and a plain callable solver (sorted readout_cic) agree exactly."""
+    (force kept in a buffer), a plain callable solver (sorted readout) and a solver that gives
+    its force mesh but not the cells of its paint (the stepper locates the particles itself)
+    agree exactly."""
     fused = _small_run(method)
     peek = _Peek()
     observed = _small_run(method, observers=[peek])
     solver = ForceSolver(32, 32.0, COSMO.Omega_m, threads=1)
     plain = _small_run(method, solver=lambda x: solver(x))
-    for other in (observed, plain):
+
+    class MeshOnly:
+        def force_field(self, x):
+            return solver.force_field(x)
+
+    mesh_only = _small_run(method, solver=MeshOnly())
+    for other in (observed, plain, mesh_only):
         np.testing.assert_array_equal(fused[0], other[0])
         np.testing.assert_array_equal(fused[1], other[1])
     assert [e for e, _, _ in peek.seen] == ["start"] + ["half", "boundary"] * 5
