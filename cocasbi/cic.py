@@ -81,6 +81,10 @@ def locate(positions, n_mesh: int, box_size: float, cells=None):
     pos = as_positions(positions)
     if cells is None:
         cells = np.empty(pos.shape, dtype=CELL_DTYPE)
+    elif (cells.shape != pos.shape or cells.dtype != CELL_DTYPE
+          or not cells.flags.c_contiguous):  # a copy would be filled instead, and lost
+        raise ValueError(f"cells must be a C-contiguous {np.dtype(CELL_DTYPE)} array of shape "
+                         f"{pos.shape}")
     node, frac = cell_views(cells)
     _locate(pos.reshape(-1), node.reshape(-1), frac.reshape(-1), n_mesh / box_size, n_mesh)
     return cells

@@ -303,3 +303,8 @@ def test_cells_wrap_far_positions_exactly_and_keep_non_finite_ones_on_the_mesh()
     assert node[0, 0] == node[1, 2] == node[2, 4] == 0
     assert np.isnan([frac[0, 1], frac[1, 3], frac[2, 5]]).all()
     assert np.isnan(paint_cic(bad, n, box)).any()
+    # a cells array that locate could not fill in place is refused, not silently copied
+    for wrong in (np.empty((200, 3), np.uint64)[:, ::-1], np.empty((200, 3), np.int64),
+                  np.empty((100, 3), np.uint64)):
+        with pytest.raises(ValueError, match="cells must be"):
+            locate(base, n, box, wrong)
