@@ -55,7 +55,8 @@ def _colour(modes, amplitude):
     n = modes.shape[0]
     nyq = n // 2
     for ip in numba.prange(n):
-        i = np.int64(ip)  # a signed index: numba would mix it with the signed ones as floats
+        i = np.int64(ip)  # numba's prange index is unsigned; mixed with signed ints it
+        # would be promoted to float
         mi = i if i < nyq else i - n
         for j in range(n):
             mj = j if j < nyq else j - n
