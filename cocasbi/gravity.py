@@ -152,6 +152,7 @@ class ForceSolver:
         shape, cshape = (n_mesh,) * 3, (n_mesh, n_mesh, nz)
         self._delta = empty_aligned(shape, np.float32)
         self._npart = -1  # particle work arrays are sized on the first paint
+        self._cells = None
         self._real = empty_aligned(shape, np.float32)  # paint target and c2r output (ψ)
         self._cplx = empty_aligned(cshape, np.complex64)  # r2c output, Green's function in place
         if gradient == "mesh":
@@ -237,8 +238,9 @@ class ForceSolver:
     @property
     def cells(self):
         """The CIC cells (:func:`cocasbi.cic.locate`) of the positions of the last force
-        evaluation, in their order; a readout of the force mesh at those positions can use
-        them instead of locating the particles again. Valid until the next call."""
+        evaluation, in their order (None before the first); a readout of the force mesh at
+        those positions can use them instead of locating the particles again. Valid until the
+        next call."""
         return self._cells
 
     def force_field(self, positions):
