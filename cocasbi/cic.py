@@ -34,10 +34,14 @@ from __future__ import annotations
 
 import numba
 import numpy as np
+from llvmlite import ir
+from numba import types
+from numba.extending import intrinsic
 
 from cocasbi.fft import empty_aligned
 
 CELL_DTYPE = np.uint64  # one word per axis: uint32 lower node, float32 offset
+NODES_PAD = 1  # zeroed floats after an interleaved mesh: the vector readout's last load reads one
 
 
 def check_mesh_size(n_mesh: int) -> None:
@@ -276,6 +280,92 @@ def interpolate(meshes, c, ix, jx, iy, jy, iz, jz, w00, w01, w10, w11, tz, fz):
     )
 
 
+def empty_nodes(n_mesh: int):
+    """A zeroed float32 buffer for an *interleaved* 3-component mesh (force components of node
+    (i, j, k) at 3((i N_m + j) N_m + k) + c), with the :data:`NODES_PAD` floats after it that
+    :func:`interpolate_nodes` may read. :func:`nodes_view` shows it as (N_m, N_m, N_m, 3)."""
+    nodes = empty_aligned(3 * n_mesh**3 + NODES_PAD, np.float32)
+    nodes[:] = 0.0
+    return nodes
+
+
+def nodes_view(nodes, n_mesh: int):
+    """The (N_m, N_m, N_m, 3) view of an interleaved mesh buffer (:func:`empty_nodes`)."""
+    return nodes[:3 * n_mesh**3].reshape((n_mesh,) * 3 + (3,))
+
+
+def interleave(meshes, nodes=None):
+    """An interleaved copy of (3, N_m, N_m, N_m) meshes, in ``nodes`` (:func:`empty_nodes`)
+    if given."""
+    n = meshes.shape[-1]
+    if meshes.shape != (3, n, n, n):
+        raise ValueError(f"meshes must have shape (3, N, N, N), got {meshes.shape}")
+    if nodes is None:
+        nodes = empty_nodes(n)
+    check_nodes(nodes, n)
+    nodes_view(nodes, n)[...] = np.moveaxis(meshes, 0, -1)
+    return nodes
+
+
+def check_nodes(nodes, n_mesh: int) -> None:
+    """Raise ValueError unless ``nodes`` is a flat float32 buffer of an interleaved n_mesh³
+    mesh with its padding (:func:`empty_nodes`): the vector readout reads it unchecked."""
+    if (nodes.dtype != np.float32 or nodes.ndim != 1 or not nodes.flags.c_contiguous
+            or nodes.size < 3 * n_mesh**3 + NODES_PAD):
+        raise ValueError(f"nodes must be a flat C-contiguous float32 buffer of at least "
+                         f"3 n_mesh³ + {NODES_PAD} values (empty_nodes({n_mesh}))")
+
+
+@intrinsic
+def _cic_columns(typingctx, nodes, lo00, hi00, lo01, hi01, lo10, hi10, lo11, hi11, w00, w01,
+                 w10, w11, tz, fz):
+    """Σ_col w_col (tz m[lo_col] + fz m[hi_col]) for the three components at once: each
+    offset is the first of a node's three values, loaded as 4 lanes (the 4th is the next
+    value, unused). Per lane the operations of :func:`interpolate`, in its order (no
+    contraction into FMA): the same float32 result, bit for bit."""
+    u64, f32 = types.uint64, types.float32
+    sig = types.UniTuple(f32, 3)(nodes, *([u64] * 8), *([f32] * 6))
+
+    def codegen(context, builder, signature, args):
+        data = context.make_array(signature.args[0])(context, builder, args[0]).data
+        i32, vec = ir.IntType(32), ir.VectorType(ir.FloatType(), 4)
+
+        def load(offset):
+            ptr = builder.bitcast(builder.gep(data, [offset]), vec.as_pointer())
+            return builder.load(ptr, align=4)
+
+        def splat(value):
+            v = builder.insert_element(ir.Constant(vec, ir.Undefined), value, ir.Constant(i32, 0))
+            return builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(i32, 4), [0] * 4))
+
+        wz0, wz1 = splat(args[13]), splat(args[14])
+        acc = None
+        for col in range(4):
+            pair = builder.fadd(builder.fmul(load(args[1 + 2 * col]), wz0),
+                                builder.fmul(load(args[2 + 2 * col]), wz1))
+            term = builder.fmul(pair, splat(args[9 + col]))
+            acc = term if acc is None else builder.fadd(acc, term)
+        values = [builder.extract_element(acc, ir.Constant(i32, c)) for c in range(3)]
+        return context.make_tuple(builder, signature.return_type, values)
+
+    return sig, codegen
+
+
+@numba.njit(cache=True, inline="always")
+def interpolate_nodes(nodes, n, ix, jx, iy, jy, iz, jz, w00, w01, w10, w11, tz, fz):
+    """The three CIC values (float32) of an interleaved mesh (:func:`empty_nodes`) from the
+    nodes and weights of :func:`cic_weights` (``n`` the mesh size as uint64), equal bit for bit
+    to :func:`interpolate` of each component. The values of a z-pair of nodes are loaded as
+    two 4-lane vectors, so the 24 gathers of a force readout are 8 loads (a readout 1.3-1.5x
+    faster). No bounds are checked: callers check the buffer with :func:`check_nodes`."""
+    row = np.uint64(3) * n
+    c00, c01 = (ix * n + iy) * row, (ix * n + jy) * row
+    c10, c11 = (jx * n + iy) * row, (jx * n + jy) * row
+    z0, z1 = np.uint64(3) * iz, np.uint64(3) * jz
+    return _cic_columns(nodes, c00 + z0, c00 + z1, c01 + z0, c01 + z1, c10 + z0, c10 + z1,
+                        c11 + z0, c11 + z1, w00, w01, w10, w11, tz, fz)
+
+
 @numba.njit(cache=True, inline="always")
 def cic_weights(node, frac, p, n):
     """Lower and upper nodes and float32 CIC weights of particle ``p``'s cell (as in paint),
@@ -327,6 +417,34 @@ def readout_cells(meshes, cells, out=None, order=None):
     if order is None:
         order = np.empty(0, dtype=np.int64)
     _readout(meshes, *cell_views(cells), order, out)
+    return out
+
+
+@numba.njit(parallel=True, cache=True)
+def _readout_nodes(nodes, n, node, frac, order, out):
+    """out[order[s]] = the three CIC values of the interleaved mesh ``nodes`` at cell s
+    (out[s] if ``order`` is empty)."""
+    nn = np.uint64(n)
+    with_order = order.shape[0] > 0
+    for s in numba.prange(node.shape[0]):
+        p = order[s] if with_order else np.int64(s)
+        ix, jx, iy, jy, iz, jz, w00, w01, w10, w11, tz, fz = cic_weights(node, frac, s, nn)
+        f0, f1, f2 = interpolate_nodes(nodes, nn, ix, jx, iy, jy, iz, jz, w00, w01, w10, w11,
+                                       tz, fz)
+        out[p, 0], out[p, 1], out[p, 2] = f0, f1, f2
+
+
+def readout_nodes(nodes, n_mesh: int, cells, out=None, order=None):
+    """CIC readout of an interleaved 3-component mesh (:func:`empty_nodes`) at particle cells
+    located on it (:func:`locate` with the same ``n_mesh``): (N, 3) float64, equal bit for bit
+    to :func:`readout_cells` of the (3, N_m, N_m, N_m) view. ``order`` as in
+    :func:`readout_cells`."""
+    check_nodes(nodes, n_mesh)
+    if out is None:
+        out = np.empty((len(cells), 3), dtype=np.float64)
+    if order is None:
+        order = np.empty(0, dtype=np.int64)
+    _readout_nodes(nodes, n_mesh, *cell_views(cells), order, out)
     return out
 
 

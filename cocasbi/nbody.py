@@ -33,7 +33,7 @@ import numba
 import numpy as np
 from tqdm.auto import tqdm
 
-from cocasbi.cic import cell_views, cic_weights, interpolate, locate
+from cocasbi.cic import cell_views, check_nodes, cic_weights, interleave, interpolate_nodes, locate
 from cocasbi.cosmology import Cosmology
 from cocasbi.gravity import ForceSolver
 from cocasbi.ic import LPTFields
@@ -221,17 +221,18 @@ _F_KICK2, _F_KICK1, _F_DRIFT, _F_LPT, _F_FRAME2, _F_FRAME1, _F_FRAME_DRIFT, _F_S
 # Where a pass takes the force from.
 _NO_FORCE, _READOUT, _BUFFER = 0, 1, 2
 _NO_ARRAY = np.zeros((1, 3))
-_NO_MESH = np.moveaxis(np.zeros((2, 2, 2, 3), dtype=np.float32), -1, 0)  # as the solver's
+_NO_NODES = np.zeros(1, dtype=np.float32)
 _NO_CELLS = cell_views(np.zeros((1, 3), dtype=np.uint64))
 
 
 @numba.njit(parallel=True, cache=True)
-def _particle_pass(source, x, p, psi1, psi2, mesh, node, frac, force, coef, flags,
+def _particle_pass(source, x, p, psi1, psi2, nodes, n_mesh, node, frac, force, coef, flags,
                    k2_m0, k2_m1, k1_m0, k1_m1, drift_m):
     """Up to two kicks and one drift of every particle, in one parallel pass.
 
-    source: _READOUT (the force is the CIC readout of ``mesh`` at x, before the drift, from the
-    particles' cells located when the mesh was painted, as the views ``node``, ``frac`` of
+    source: _READOUT (the force is the CIC readout at x, before the drift, of the interleaved
+    n_mesh³ force mesh ``nodes`` (:func:`cocasbi.cic.interpolate_nodes`), from the particles'
+    cells located when the mesh was painted, as the views ``node``, ``frac`` of
     :func:`cocasbi.cic.cell_views`; stored in ``force`` if flags[_F_STORE]), _BUFFER (read from
     ``force``) or _NO_FORCE (drift only).
     Particles are visited in Lagrangian order, so every particle array streams through memory
@@ -247,7 +248,7 @@ def _particle_pass(source, x, p, psi1, psi2, mesh, node, frac, force, coef, flag
     pass in two (an observer looking in between) does not change a bit. Particles are
     independent, so the result does not depend on the number of threads.
     """
-    n = np.uint64(mesh.shape[1])
+    n = np.uint64(n_mesh)
     kick2, kick1, drift = flags[_F_KICK2], flags[_F_KICK1], flags[_F_DRIFT]
     lpt, store = flags[_F_LPT], flags[_F_STORE]
     fr2, fr1, frd = flags[_F_FRAME2], flags[_F_FRAME1], flags[_F_FRAME_DRIFT]
@@ -256,20 +257,18 @@ def _particle_pass(source, x, p, psi1, psi2, mesh, node, frac, force, coef, flag
     dd1, dd2, dfac = coef[_C_DD1], coef[_C_DD2], coef[_C_DRIFT]
     kick = source != _NO_FORCE and (kick2 or kick1)
     readout = source == _READOUT
-    u0, z32 = np.uint64(0), np.float32(0.0)
+    z32 = np.float32(0.0)
     for i in numba.prange(x.shape[0]):
-        # the CIC nodes and weights once per particle; each component is read where it is
-        # used (selecting among three values read up front cost 16 % of the pass)
-        ix = jx = iy = jy = iz = jz = u0
-        w00 = w01 = w10 = w11 = tz = fz = z32
+        f0 = f1 = f2 = z32  # the force, its three components read by vector loads
         if readout:
             ix, jx, iy, jy, iz, jz, w00, w01, w10, w11, tz, fz = cic_weights(node, frac, i, n)
+            f0, f1, f2 = interpolate_nodes(nodes, n, ix, jx, iy, jy, iz, jz, w00, w01, w10,
+                                           w11, tz, fz)
         for c in range(3):
             v = p[i, c]
             if kick:
                 if readout:
-                    f = np.float64(interpolate(mesh, c, ix, jx, iy, jy, iz, jz, w00, w01, w10,
-                                               w11, tz, fz))
+                    f = np.float64(f0 if c == 0 else (f1 if c == 1 else f2))
                     if store:
                         force[i, c] = f
                 else:
@@ -295,10 +294,12 @@ def _particle_pass(source, x, p, psi1, psi2, mesh, node, frac, force, coef, flag
 class _Force:
     """A force evaluated at boundary a_force and not yet used by all its kicks."""
 
-    def __init__(self, a_force: float, uses: int, field=None, cells=None, values=None):
+    def __init__(self, a_force: float, uses: int, field=None, n_mesh=0, cells=None,
+                 values=None):
         self.a_force, self.uses = a_force, uses
-        self.field = field  # force mesh, to be read out at the current positions ...
-        self.cells = cells  # ... whose CIC cells were located for its paint
+        self.field = field  # interleaved force mesh (cic.empty_nodes), to be read out ...
+        self.n_mesh = n_mesh
+        self.cells = cells  # ... at the current positions, whose CIC cells were located
         self.values = values  # (N, 3) float64 force per particle, once read out
 
 
@@ -376,6 +377,7 @@ class Stepper:
             raise ValueError("plain PM cannot skip forces before a_final")
         self._pending = _Pass()
         self._x = self._p = None
+        self._nodes = None  # interleaved copy of a force mesh given as separate components
         self._extra = self._interval_extras()  # (closing, opening) extra kick factors
         self._f_ml = None  # the frame's force at the live computed force (interval kicks)
 
@@ -427,10 +429,17 @@ class Stepper:
         uses = int(index > 0) + int(index < self.schedule.n_steps)
         if hasattr(self.solver, "force_field"):
             field_ = self.solver.force_field(self._x)
+            n_mesh = field_.shape[1]
+            nodes = getattr(self.solver, "force_nodes", None)
+            if nodes is None:  # separate component meshes: interleaved into our buffer
+                self._nodes = interleave(field_, self._nodes if self._nodes is not None
+                                         and self._nodes.size >= 3 * n_mesh**3 + 1 else None)
+                nodes = self._nodes
+            check_nodes(nodes, n_mesh)
             cells = getattr(self.solver, "cells", None)
             if cells is None:  # a solver that does not share its cells
-                cells = locate(self._x, field_.shape[1], self.box_size)
-            force = _Force(a, uses, field=field_, cells=cells)
+                cells = locate(self._x, n_mesh, self.box_size)
+            force = _Force(a, uses, field=nodes, n_mesh=n_mesh, cells=cells)
         else:  # any callable x -> (N, 3) forces
             force = _Force(a, uses, values=np.asarray(self.solver(self._x), dtype=np.float64))
         self._pending.force = force
@@ -522,12 +531,12 @@ class Stepper:
         coef = np.zeros(8)
         flags = np.zeros(8, dtype=np.bool_)
         arrays = [_NO_ARRAY] * 5  # k2_m0, k2_m1, k1_m0, k1_m1, drift_m
-        mesh, (node, frac), values = _NO_MESH, _NO_CELLS, _NO_ARRAY
+        nodes, n_mesh, (node, frac), values = _NO_NODES, 0, _NO_CELLS, _NO_ARRAY
         source = _NO_FORCE
         if force is not None:
             if force.field is not None:
                 source = _READOUT
-                mesh, (node, frac) = force.field, cell_views(force.cells)
+                nodes, n_mesh, (node, frac) = force.field, force.n_mesh, cell_views(force.cells)
                 if force.uses > 0:  # a later kick needs this force: keep it
                     force.values = np.empty_like(self._x)
                     force.field = force.cells = None
@@ -556,8 +565,8 @@ class Stepper:
                 flags[_F_FRAME_DRIFT] = True
                 arrays[4] = mh
         flags[_F_LPT] = self.method != "pm"
-        _particle_pass(source, self._x, self._p, self.lpt.psi1, self.lpt.psi2, mesh, node,
-                       frac, values, coef, flags, *arrays)
+        _particle_pass(source, self._x, self._p, self.lpt.psi1, self.lpt.psi2, nodes, n_mesh,
+                       node, frac, values, coef, flags, *arrays)
 
     def _observe(self, event: str):
         for obs in self.observers:

@@ -140,6 +140,33 @@ def test_readout_in_mesh_order_or_particle_order_gives_the_same_bits():
     np.testing.assert_array_equal(start1, np.searchsorted(plane[order], np.arange(n + 1)))
 
 
+def test_vector_readout_of_interleaved_nodes_gives_the_scalar_bits():
+    """readout_nodes loads each z-pair of nodes as two 4-lane vectors (the 4th lane is the
+    next value, or the padding after the mesh): its values equal the scalar readout of each
+    component bit for bit, whatever the padding and the neighbouring values hold."""
+    from cocasbi.cic import check_nodes, empty_nodes, interleave, readout_cells, readout_nodes
+
+    rng = np.random.default_rng(5)
+    n, box = 16, 32.0
+    pos = rng.uniform(-box, 2 * box, (5000, 3))
+    pos[:50, 2] = box * (1 - 1e-9)  # the last z plane: its upper node wraps to z = 0
+    solver = ForceSolver(n, box, OMEGA_M, threads=THREADS)
+    mesh = solver.force_field(pos).copy()
+    cells = solver.cells.copy()
+    scalar = readout_cells(mesh, cells)
+    np.testing.assert_array_equal(readout_nodes(solver.force_nodes, n, cells), scalar)
+    nodes = interleave(mesh)
+    np.testing.assert_array_equal(nodes[:-1], solver.force_nodes[:-1])
+    nodes[-1] = np.nan  # the padding lane must never reach a value
+    np.testing.assert_array_equal(readout_nodes(nodes, n, cells), scalar)
+    assert ForceSolver(n, box, OMEGA_M, kernel="exact", threads=THREADS).force_nodes is None
+    assert empty_nodes(n).size == 3 * n**3 + 1
+    with pytest.raises(ValueError, match="empty_nodes"):
+        check_nodes(nodes[:-1], n)
+    with pytest.raises(ValueError, match="empty_nodes"):
+        readout_nodes(nodes.astype(np.float64), n, cells)
+
+
 def test_fft_in_float64_and_bad_dtype():
     rng = np.random.default_rng(6)
     field = rng.normal(size=(8, 8, 8))
