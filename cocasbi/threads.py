@@ -1,5 +1,5 @@
-"""Explicit process state: thread counts, the OpenMP wait policy and malloc's reuse of freed
-memory, set only when asked.
+"""Explicit process state: thread counts, the OpenMP wait policy, malloc's reuse of freed
+memory and numpy's huge-page advice, set only when asked.
 
 No cocasbi module changes the process at import. Entry points call :func:`configure_process`
 once (the ``cocasbi`` CLI does, and so does every campaign worker before its first simulation);
@@ -75,17 +75,43 @@ def keep_freed_memory() -> bool:
     return bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, _KEEP_FREED_BYTES))
 
 
+def skip_huge_page_advice() -> bool:
+    """Stop numpy from advising transparent huge pages for its large new arrays.
+
+    On Linux numpy calls madvise(MADV_HUGEPAGE) on every array of 4 MB or more. Where the
+    kernel then compacts memory to find a free 2 MB page at the first touch (THP ``defrag`` set
+    to ``madvise``, as on this project's VMs), the first simulation of a process stalls: a
+    first 128³ COLA run took 4.2–5.0 s with the advice and 1.2–1.5 s without, while later runs,
+    which reuse the heap, took the same either way (docs/performance.md). An explicit
+    ``NUMPY_MADVISE_HUGEPAGE`` in the environment wins. Returns whether the advice is now off.
+    """
+    if "NUMPY_MADVISE_HUGEPAGE" in os.environ:
+        return os.environ["NUMPY_MADVISE_HUGEPAGE"] == "0"
+    numpy = sys.modules.get("numpy")
+    if numpy is None:  # read when numpy loads
+        os.environ["NUMPY_MADVISE_HUGEPAGE"] = "0"
+        return True
+    core = getattr(numpy, "_core", None) or getattr(numpy, "core", None)
+    setter = getattr(getattr(core, "multiarray", None), "_set_madvise_hugepage", None)
+    if setter is None:  # a numpy without the switch (before 1.20)
+        return False
+    setter(False)
+    return True
+
+
 def configure_process(threads: int = 0) -> int:
     """Configure this process for simulations with ``threads`` threads (0 = all cores).
 
     Sets the OpenMP wait policy (effective only if libgomp is not loaded yet), numba's thread
     count for the calling thread (capped at NUMBA_NUM_THREADS), torch's intra-op pool if torch
-    is loaded, and lets malloc keep freed memory for the next simulation
-    (:func:`keep_freed_memory`). Imports neither numba nor torch: a library loaded later starts
-    with its own default (all cores), and each simulation sets numba's count for its run
+    is loaded, lets malloc keep freed memory for the next simulation
+    (:func:`keep_freed_memory`) and turns numpy's huge-page advice off
+    (:func:`skip_huge_page_advice`). Imports neither numba nor torch: a library loaded later
+    starts with its own default (all cores), and each simulation sets numba's count for its run
     (:func:`numba_threads`). Returns the thread count used.
     """
     keep_freed_memory()
+    skip_huge_page_advice()
     for key, value in wait_policy_environment().items():
         os.environ.setdefault(key, value)
     threads = default_threads(threads)

@@ -115,3 +115,28 @@ def test_configured_process_keeps_freed_memory_for_the_next_simulation(configure
         assert freed < 16e6
     else:
         assert freed > 100e6
+
+
+@pytest.mark.parametrize("environment", [None, "0", "1"])
+def test_configure_process_turns_numpy_huge_page_advice_off_unless_the_user_set_it(environment):
+    """configure_process() stops numpy's madvise(MADV_HUGEPAGE) (a first 128³ run stalled
+    seconds on huge-page compaction), whether numpy is loaded before or after it; an explicit
+    NUMPY_MADVISE_HUGEPAGE wins."""
+    import os
+
+    code = textwrap.dedent("""
+        import sys
+        from cocasbi.threads import configure_process
+        early = "numpy" not in sys.modules
+        configure_process(1)
+        import numpy as np
+        print(early, int(np._core.multiarray._get_madvise_hugepage()))
+    """)
+    env = {k: v for k, v in os.environ.items() if k != "NUMPY_MADVISE_HUGEPAGE"}
+    if environment is not None:
+        env["NUMPY_MADVISE_HUGEPAGE"] = environment
+    for preload in ("", "import numpy\n"):
+        out = subprocess.run([sys.executable, "-c", preload + code], check=True, env=env,
+                             capture_output=True, text=True).stdout.split()
+        assert out[0] == str(not preload)  # both orders are exercised
+        assert out[1] == ("1" if environment == "1" else "0")
