@@ -18,7 +18,10 @@ Particles are then counting-sorted (stably) by the x-plane of their lower node, 
 them in that order, so that each task works on two mesh planes at a time even for clustered
 particles stored in Lagrangian order (a factor ~2 at late times). A readout may walk them in the
 same order (``readout_cells(..., order=)``) or, fused with per-particle work that streams the
-particle arrays, in Lagrangian order (:mod:`cocasbi.nbody`). Painting is parallel, race-free
+particle arrays, in Lagrangian order (:mod:`cocasbi.nbody`). A force mesh with its three
+components interleaved (:func:`empty_nodes`) is read by :func:`interpolate_nodes`
+(:func:`readout_nodes`): the two nodes of a z-pair are two 4-lane vector loads, with the
+scalar readout's bits. Painting is parallel, race-free
 and deterministic: the mesh is cut into slabs of x-planes, one task per slab, and each task adds
 the sorted particles of its planes (and of the plane below) to the nodes it owns. Every node is
 written by one task only and receives its contributions in the sorted order, and a stable sort
