@@ -33,7 +33,16 @@ import numba
 import numpy as np
 from tqdm.auto import tqdm
 
-from cocasbi.cic import cell_views, check_nodes, cic_weights, interleave, interpolate_nodes, locate
+from cocasbi.cic import (
+    NODES_PAD,
+    cell_views,
+    check_nodes,
+    cic_weights,
+    empty_nodes,
+    interleave,
+    interpolate_nodes,
+    locate,
+)
 from cocasbi.cosmology import Cosmology
 from cocasbi.gravity import ForceSolver
 from cocasbi.ic import LPTFields
@@ -431,10 +440,10 @@ class Stepper:
             field_ = self.solver.force_field(self._x)
             n_mesh = field_.shape[1]
             nodes = getattr(self.solver, "force_nodes", None)
-            if nodes is None:  # separate component meshes: interleaved into our buffer
-                self._nodes = interleave(field_, self._nodes if self._nodes is not None
-                                         and self._nodes.size >= 3 * n_mesh**3 + 1 else None)
-                nodes = self._nodes
+            if nodes is None:  # separate component meshes: interleaved into our own buffer
+                if self._nodes is None or self._nodes.size != 3 * n_mesh**3 + NODES_PAD:
+                    self._nodes = empty_nodes(n_mesh)
+                nodes = interleave(field_, self._nodes)
             check_nodes(nodes, n_mesh)
             cells = getattr(self.solver, "cells", None)
             if cells is None:  # a solver that does not share its cells
