@@ -248,8 +248,8 @@ class _Peek:
 def test_observers_and_plain_force_callables_see_the_same_bits(method):
     """Fused passes (mesh readout inside the kick/drift kernel), passes split by an observer
     (force kept in a buffer), a plain callable solver (sorted readout) and a solver that gives
-    its force mesh but not the cells of its paint (the stepper locates the particles itself)
-    agree exactly."""
+    its force mesh but neither the cells of its paint nor an interleaved copy (the stepper
+    locates the particles and interleaves the components itself) agree exactly."""
     fused = _small_run(method)
     peek = _Peek()
     observed = _small_run(method, observers=[peek])
