@@ -303,10 +303,10 @@ def _particle_pass(source, x, p, psi1, psi2, nodes, n_mesh, node, frac, force, c
 class _Force:
     """A force evaluated at boundary a_force and not yet used by all its kicks."""
 
-    def __init__(self, a_force: float, uses: int, field=None, n_mesh=0, cells=None,
+    def __init__(self, a_force: float, uses: int, nodes=None, n_mesh=0, cells=None,
                  values=None):
         self.a_force, self.uses = a_force, uses
-        self.field = field  # interleaved force mesh (cic.empty_nodes), to be read out ...
+        self.nodes = nodes  # interleaved force mesh (cic.empty_nodes), to be read out ...
         self.n_mesh = n_mesh
         self.cells = cells  # ... at the current positions, whose CIC cells were located
         self.values = values  # (N, 3) float64 force per particle, once read out
@@ -448,7 +448,7 @@ class Stepper:
             cells = getattr(self.solver, "cells", None)
             if cells is None:  # a solver that does not share its cells
                 cells = locate(self._x, n_mesh, self.box_size)
-            force = _Force(a, uses, field=nodes, n_mesh=n_mesh, cells=cells)
+            force = _Force(a, uses, nodes=nodes, n_mesh=n_mesh, cells=cells)
         else:  # any callable x -> (N, 3) forces
             force = _Force(a, uses, values=np.asarray(self.solver(self._x), dtype=np.float64))
         self._pending.force = force
@@ -534,7 +534,7 @@ class Stepper:
             return
         self._pending = _Pass()
         force = pend.force if pend.kicks else None
-        if (force is None and pend.force is not None and pend.force.field is not None
+        if (force is None and pend.force is not None and pend.force.nodes is not None
                 and pend.drift is not None):
             raise RuntimeError("a force mesh would be read out after the particles moved")
         coef = np.zeros(8)
@@ -543,12 +543,12 @@ class Stepper:
         nodes, n_mesh, (node, frac), values = _NO_NODES, 0, _NO_CELLS, _NO_ARRAY
         source = _NO_FORCE
         if force is not None:
-            if force.field is not None:
+            if force.nodes is not None:
                 source = _READOUT
-                nodes, n_mesh, (node, frac) = force.field, force.n_mesh, cell_views(force.cells)
+                nodes, n_mesh, (node, frac) = force.nodes, force.n_mesh, cell_views(force.cells)
                 if force.uses > 0:  # a later kick needs this force: keep it
                     force.values = np.empty_like(self._x)
-                    force.field = force.cells = None
+                    force.nodes = force.cells = None
                     flags[_F_STORE] = True
                     values = force.values
             else:
