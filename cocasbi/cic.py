@@ -21,13 +21,12 @@ same order (``readout_cells(..., order=)``) or, fused with per-particle work tha
 particle arrays, in Lagrangian order (:mod:`cocasbi.nbody`). A force mesh with its three
 components interleaved (:func:`empty_nodes`) is read by :func:`interpolate_nodes`
 (:func:`readout_nodes`): the two nodes of a z-pair are two 4-lane vector loads, with the
-scalar readout's bits. Painting is parallel, race-free
-and deterministic: the mesh is cut into slabs of x-planes, one task per slab, and each task adds
-the sorted particles of its planes (and of the plane below) to the nodes it owns. Every node is
-written by one task only and receives its contributions in the sorted order, and a stable sort
-is unique, so the mesh is bit-identical whatever the number of threads (no atomics, no
-per-thread copies of the mesh). numba's thread count is that of the calling thread
-(:func:`cocasbi.threads.numba_threads`).
+scalar readout's bits. Painting is parallel, race-free and deterministic: the mesh is cut into
+slabs of x-planes, one task per slab, and each task adds the sorted particles of its planes
+(and of the plane below) to the nodes it owns. Every node is written by one task only and
+receives its contributions in the sorted order, and a stable sort is unique, so the mesh is
+bit-identical whatever the number of threads (no atomics, no per-thread copies of the mesh).
+numba's thread count is that of the calling thread (:func:`cocasbi.threads.numba_threads`).
 
 Meshes are float32; particle coordinates float64; cell offsets float32 (the precision of the
 mesh values they weight).

@@ -81,8 +81,9 @@ def skip_huge_page_advice() -> bool:
     On Linux numpy calls madvise(MADV_HUGEPAGE) on every array of 4 MB or more. Where the
     kernel then compacts memory to find a free 2 MB page at the first touch (THP ``defrag`` set
     to ``madvise``, as on this project's VMs), the first simulation of a process stalls: a
-    first 128³ COLA run took 4.2–5.0 s with the advice and 1.2–1.5 s without, while later runs,
-    which reuse the heap, took the same either way (docs/performance.md). An explicit
+    first 10-step 128³ COLA run took 3.1–3.9 s with the advice and 1.0–1.1 s without, while
+    later runs, which reuse the heap, took 0.82–0.83 s either way (docs/performance.md,
+    ``experiments/bench_first_run.py``). An explicit
     ``NUMPY_MADVISE_HUGEPAGE`` in the environment wins. Returns whether the advice is now off.
     """
     if "NUMPY_MADVISE_HUGEPAGE" in os.environ:
