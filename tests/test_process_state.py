@@ -1,5 +1,6 @@
 """Nothing changes the process at import; simulations set threads for their own thread only."""
 
+import json
 import subprocess
 import sys
 import textwrap
@@ -140,3 +141,33 @@ def test_configure_process_turns_numpy_huge_page_advice_off_unless_the_user_set_
                              capture_output=True, text=True).stdout.split()
         assert out[0] == str(not preload)  # both orders are exercised
         assert out[1] == ("1" if environment == "1" else "0")
+
+
+@pytest.mark.skipif(not Path("/proc/self/statm").exists(), reason="needs Linux /proc")
+def test_estimated_memory_covers_a_measured_run():
+    """simulation.estimated_memory (what simulate and campaign planning check before they
+    allocate) is not below the measured peak of a 96³ COLA run on a 96³ mesh, above the
+    warmed-up process (its 300 MB allowance for the process itself set apart), and not more
+    than a third above it: a check that lets an oversized run through, or refuses runs that
+    fit, fails here."""
+    code = textwrap.dedent("""
+        import json, os, resource
+        from cocasbi.threads import configure_process
+        configure_process(1)
+        from cocasbi.config import load_config
+        from cocasbi.simulation import estimated_memory, simulate
+        def cfg(n):
+            return load_config("tiny").replace(simulation={
+                "n_particles": n, "n_mesh": n, "box_size": 2.0 * n, "n_steps": 2,
+                "threads": 1, "snapshots": []})
+        simulate(cfg(16))
+        with open("/proc/self/statm") as f:
+            base = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        simulate(cfg(96))
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        print(json.dumps([peak - base, estimated_memory(cfg(96)) - 300e6]))
+    """)
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,
+                         text=True, timeout=300).stdout
+    measured, estimated = json.loads(out.strip().splitlines()[-1])
+    assert measured <= estimated <= 4 / 3 * measured, (measured, estimated)
