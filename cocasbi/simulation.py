@@ -65,13 +65,14 @@ class _SnapshotTaker:
 
 def estimated_memory(cfg: Config) -> int:
     """Peak memory of one simulation of ``cfg`` in a fresh process [bytes]: 300 MB of
-    interpreter and libraries, 212 B per particle for PM and COLA (438 B for COCA: the frame's
-    cached fields) and 24 B per mesh cell. Measured (experiments/bench_engine.py --memory,
-    docs/performance.md): 225 MB, 201 B (COCA 417 B) and 23 B; the estimate keeps a 5 %
-    margin."""
+    interpreter and libraries, 221 B per particle for PM and COLA (459 B for COCA: the frame's
+    cached fields) and 25 B per mesh cell. Measured (experiments/bench_engine.py --memory,
+    docs/performance.md): 225 MB, 201 B (COCA 417 B) and 23 B; the estimate keeps a 10 %
+    margin, as the same run's peak moves by a few per cent with the process's history
+    (tests/test_process_state.py)."""
     sim = cfg.simulation
-    per_particle = 438 if sim.method == "coca" else 212
-    return int(300e6 + per_particle * sim.n_particles**3 + 24 * sim.n_mesh**3)
+    per_particle = 459 if sim.method == "coca" else 221
+    return int(300e6 + per_particle * sim.n_particles**3 + 25 * sim.n_mesh**3)
 
 
 def available_memory() -> int:

@@ -146,7 +146,7 @@ def test_configure_process_turns_numpy_huge_page_advice_off_unless_the_user_set_
 @pytest.mark.skipif(not Path("/proc/self/statm").exists(), reason="needs Linux /proc")
 def test_estimated_memory_covers_a_measured_run():
     """simulation.estimated_memory (what simulate and campaign planning check before they
-    allocate) is not below the measured peak of a 96³ COLA run on a 96³ mesh, above the
+    allocate) is not below the measured peak of a 128³ COLA run on a 128³ mesh, above the
     warmed-up process (its 300 MB allowance for the process itself set apart), and not more
     than a third above it: a check that lets an oversized run through, or refuses runs that
     fit, fails here."""
@@ -163,9 +163,9 @@ def test_estimated_memory_covers_a_measured_run():
         simulate(cfg(16))
         with open("/proc/self/statm") as f:
             base = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-        simulate(cfg(96))
+        simulate(cfg(128))
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-        print(json.dumps([peak - base, estimated_memory(cfg(96)) - 300e6]))
+        print(json.dumps([peak - base, estimated_memory(cfg(128)) - 300e6]))
     """)
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,
                          text=True, timeout=300).stdout
