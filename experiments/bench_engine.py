@@ -15,8 +15,9 @@ fresh process per size:
   the high side). Three shares are printed: everything but the
   force evaluations; the same with the readout counted as force work; and the particle work
   alone (passes without the readout, and the rest: neither ICs nor forces).
-* with ``--memory``, the peak resident memory (``ru_maxrss``) of one PM, COLA and COCA run, each
-  in its own process, above the process's resident memory after imports and a 16³ warm-up run.
+* with ``--memory``, the peak resident memory (VmHWM, reset after the warm-up) of one PM, COLA
+  and COCA run, each in its own process, above the process's resident memory after imports and
+  a 16³ warm-up run.
   COCA uses a synthetic frame with the memory of an emulated one: K coefficient fields (K, N³, 3)
   float64 and a cache of the last 4 query times (the network's own memory is not included).
 
@@ -85,8 +86,23 @@ class _SyntheticFrame:
 
 
 def _rss_bytes() -> int:
-    """Peak resident memory of this process so far [bytes] (Linux: ru_maxrss in KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    """Peak resident memory of this process so far, or since :func:`_forget_peak` [bytes]
+    (Linux: VmHWM; ru_maxrss where /proc has no status)."""
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
+    except OSError:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _forget_peak() -> None:
+    """Reset the peak resident memory to the current one (Linux ≥ 4.0; elsewhere nothing):
+    the warm-up's numba compilation, with a cold cache, can peak above the run itself."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
 
 
 def _current_rss() -> int:
@@ -195,7 +211,9 @@ def worker_memory(n_particles: int, n_mesh: int, method: str, threads: int) -> d
     from cocasbi.simulation import initial_conditions, simulate
 
     _warm_up(threads)
-    base_current, base_peak = _current_rss(), _rss_bytes()
+    base_peak = _rss_bytes()
+    _forget_peak()
+    base_current = _current_rss()
     cfg = _config(n_particles, n_mesh, method, threads)
     cosmo = Cosmology.from_config(cfg.cosmology)
     lpt = initial_conditions(cfg, cosmo)
