@@ -240,6 +240,15 @@ class ForceSolver:
         paint_sorted(self._real, self._sorted_cells, start)
         return order
 
+    def release_particles(self):
+        """Drop the per-particle work arrays (the cells, their sorted copy and the permutation:
+        48-56 B per particle); the next force evaluation allocates them again, and
+        :attr:`cells` is None until then. A finished run frees them before computing its
+        final momenta, which then take their place instead of raising the peak memory."""
+        self._npart = -1
+        self._cells = self._sorted_cells = None
+        self._order = np.empty(0, dtype=np.int64)
+
     @property
     def cells(self):
         """The CIC cells (:func:`cocasbi.cic.locate`) of the positions of the last force

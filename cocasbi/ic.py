@@ -71,10 +71,16 @@ def _colour(modes, amplitude):
     modes[0, 0, 0] = 0.0
 
 
+def lattice_axis(n_particles: int, box_size: float, n_mesh: int):
+    """(spacing, offset) [Mpc/h] of the lattice: axis value j spacing + offset, half a mesh cell
+    off the mesh nodes."""
+    return box_size / n_particles, 0.5 * box_size / n_mesh
+
+
 def lagrangian_grid(n_particles: int, box_size: float, n_mesh: int):
     """Lattice positions q [Mpc/h], (N³, 3) float64, half a mesh cell off the mesh nodes."""
-    spacing = box_size / n_particles
-    axis = np.arange(n_particles) * spacing + 0.5 * box_size / n_mesh
+    spacing, offset = lattice_axis(n_particles, box_size, n_mesh)
+    axis = np.arange(n_particles) * spacing + offset
     q = np.empty((n_particles**3, 3))
     _fill_lattice(axis, q)
     return q
@@ -94,13 +100,27 @@ def _fill_lattice(axis, q):
 
 
 @numba.njit(parallel=True, cache=True)
-def _combine(c1, psi1, c2, psi2, scale, base, out):
-    """out = base + scale (c1 ψ1 + c2 ψ2), one pass (no base if it is empty; scale 1 is exact)."""
+def _combine(c1, psi1, c2, psi2, scale, base, n_lattice, spacing, offset, out):
+    """out = base + scale (c1 ψ1 + c2 ψ2), one pass (scale 1 is exact). The base is the
+    (N, 3) array ``base`` if it is not empty, else with ``n_lattice`` > 0 the lattice q of
+    :func:`lagrangian_grid` computed on the fly (axis value j spacing + offset for particle
+    (i n + j) n + k, the same float64 operations), else nothing."""
     with_base = base.shape[0] > 0
-    for i in numba.prange(out.shape[0]):
-        for c in range(3):
-            v = scale * (c1 * psi1[i, c] + c2 * psi2[i, c])
-            out[i, c] = base[i, c] + v if with_base else v
+    row = n_lattice if n_lattice > 0 else 1
+    for r in numba.prange(out.shape[0] // row):
+        qx = np.float64(r // n_lattice) * spacing + offset if n_lattice > 0 else 0.0
+        qy = np.float64(r % n_lattice) * spacing + offset if n_lattice > 0 else 0.0
+        for k in range(row):
+            i = r * row + k
+            qz = np.float64(k) * spacing + offset
+            for c in range(3):
+                v = scale * (c1 * psi1[i, c] + c2 * psi2[i, c])
+                if with_base:
+                    out[i, c] = base[i, c] + v
+                elif n_lattice > 0:
+                    out[i, c] = (qx if c == 0 else qy if c == 1 else qz) + v
+                else:
+                    out[i, c] = v
 
 
 _NO_BASE = np.zeros((0, 3))
@@ -110,22 +130,48 @@ _NO_BASE = np.zeros((0, 3))
 class LPTFields:
     """Lagrangian displacement fields on the particle lattice, (N³, 3) float64 [Mpc/h].
 
-    psi1 and psi2 are the a = 1 fields (multiply by D1(a), D2(a)); q is the lattice. Every
-    derived field is one parallel pass (:meth:`combine`), with the same floating-point
-    operations as the numpy expression in its docstring.
+    psi1 and psi2 are the a = 1 fields (multiply by D1(a), D2(a)). The lattice q
+    (:func:`lagrangian_grid` of box_size [Mpc/h] and n_mesh) is not stored (24 B per
+    particle): :attr:`q` computes it, and :meth:`combine` adds it on the fly. Every derived
+    field is one parallel pass (:meth:`combine`), with the same floating-point operations as
+    the numpy expression in its docstring.
     """
 
-    q: np.ndarray
     psi1: np.ndarray
     psi2: np.ndarray
+    box_size: float
+    n_mesh: int
 
-    def combine(self, c1: float, c2: float, scale: float = 1.0, base=None, out=None):
-        """base + scale (c1 Ψ1 + c2 Ψ2), (N³, 3) float64 (base: None or an (N³, 3) array)."""
+    def __post_init__(self):
+        n = self.n_particles
+        for name in ("psi1", "psi2"):
+            if getattr(self, name).reshape(-1, 3).shape != (n**3, 3):
+                raise ValueError(f"{name} has shape {getattr(self, name).shape}; expected "
+                                 f"({n**3}, 3) on a {n}^3 lattice")
+
+    @property
+    def n_particles(self) -> int:
+        """Particles per side of the lattice."""
+        return round((self.psi1.size // 3) ** (1 / 3))
+
+    @property
+    def q(self) -> np.ndarray:
+        """Lattice positions [Mpc/h], (N³, 3) float64, computed on each access."""
+        return lagrangian_grid(self.n_particles, self.box_size, self.n_mesh)
+
+    def combine(self, c1: float, c2: float, scale: float = 1.0, base=None, out=None,
+                lattice: bool = False):
+        """base + scale (c1 Ψ1 + c2 Ψ2), (N³, 3) float64 (base: None or an (N³, 3) array;
+        ``lattice=True`` takes the lattice q as the base, without storing it)."""
         psi1, psi2 = self.psi1.reshape(-1, 3), self.psi2.reshape(-1, 3)
         if out is None:
             out = np.empty(psi1.shape)
+        if base is not None and lattice:
+            raise ValueError("give a base array or lattice=True, not both")
         base = _NO_BASE if base is None else np.asarray(base, dtype=np.float64).reshape(-1, 3)
-        _combine(float(c1), psi1, float(c2), psi2, float(scale), base, out)
+        n = self.n_particles if lattice else 0
+        spacing, offset = lattice_axis(self.n_particles, self.box_size, self.n_mesh)
+        _combine(float(c1), psi1, float(c2), psi2, float(scale), base, n, spacing, offset, out)
         return out
 
     def displacement(self, cosmo: Cosmology, a: float):
@@ -136,10 +182,10 @@ class LPTFields:
         """Ψ_LPT(a1) − Ψ_LPT(a0) = ΔD1 Ψ1 + ΔD2 Ψ2 [Mpc/h] (one pass over the fields)."""
         return self.combine(cosmo.D1(a1) - cosmo.D1(a0), cosmo.D2(a1) - cosmo.D2(a0))
 
-    def positions(self, cosmo: Cosmology, a: float, box_size: float):
+    def positions(self, cosmo: Cosmology, a: float):
         """x = q + Ψ_LPT(a), wrapped into [0, L) [Mpc/h]."""
-        x = self.combine(cosmo.D1(a), cosmo.D2(a), base=self.q)
-        return np.mod(x, box_size, out=x)
+        x = self.combine(cosmo.D1(a), cosmo.D2(a), lattice=True)
+        return np.mod(x, self.box_size, out=x)
 
     def momenta(self, cosmo: Cosmology, a: float):
         """p_LPT(a) = a³E (D1' Ψ1 + D2' Ψ2) = G1 Ψ1 + G2 Ψ2 [Mpc/h, p = a² dx/dt / H0]."""
@@ -261,5 +307,5 @@ def lpt_fields(delta_k, box_size: float, n_mesh: int, order: int = 2,
         phi2[nyq], phi2[:, nyq], phi2[:, :, nyq] = 0.0, 0.0, 0.0
         for i in range(3):
             _store_component(to_real(phi2, 1j * norm, i), psi2, i)
-    q = lagrangian_grid(n, box_size, n_mesh)
-    return LPTFields(q=q, psi1=psi1.reshape(-1, 3), psi2=psi2.reshape(-1, 3))
+    return LPTFields(psi1=psi1.reshape(-1, 3), psi2=psi2.reshape(-1, 3), box_size=box_size,
+                     n_mesh=n_mesh)

@@ -587,7 +587,7 @@ class Stepper:
         b, half = sched.boundaries, sched.half
         self.a = float(b[0])
         self._pending = _Pass()
-        self._x = self.lpt.combine(c.D1(self.a), c.D2(self.a), base=self.lpt.q)  # q + Ψ_LPT
+        self._x = self.lpt.combine(c.D1(self.a), c.D2(self.a), lattice=True)  # q + Ψ_LPT
         if self.method == "pm":
             self._p = self.lpt.momenta(c, self.a)
         elif self.frame is None:

@@ -65,13 +65,13 @@ class _SnapshotTaker:
 
 def estimated_memory(cfg: Config) -> int:
     """Peak memory of one simulation of ``cfg`` in a fresh process [bytes]: 300 MB of
-    interpreter and libraries, 221 B per particle for PM and COLA (459 B for COCA: the frame's
+    interpreter and libraries, 169 B per particle for PM and COLA (407 B for COCA: the frame's
     cached fields) and 25 B per mesh cell. Measured (experiments/bench_engine.py --memory,
-    docs/performance.md): 225 MB, 201 B (COCA 417 B) and 23 B; the estimate keeps a 10 %
+    docs/performance.md): 225 MB, 154 B (COCA 370 B) and 23 B; the estimate keeps a 10 %
     margin, as the same run's peak moves by a few per cent with the process's history
     (tests/test_process_state.py)."""
     sim = cfg.simulation
-    per_particle = 459 if sim.method == "coca" else 221
+    per_particle = 407 if sim.method == "coca" else 169
     return int(300e6 + per_particle * sim.n_particles**3 + 25 * sim.n_mesh**3)
 
 
@@ -131,7 +131,8 @@ def simulate(cfg: Config, seed=None, frame: Frame | None = None, forces="all",
     if hasattr(frame, "bind"):  # a trained frame emulator: one model evaluation for this run
         frame = frame.bind(lpt, cosmo, sim.box_size)
     t_frame = time.perf_counter() - t_frame
-    if solver is None:
+    owned = solver is None
+    if owned:
         solver = ForceSolver(sim.n_mesh, sim.box_size, cosmo.Omega_m, sim.kernel, sim.threads)
     snaps = _SnapshotTaker(sim.snapshots)
     with numba_threads(sim.threads):
@@ -140,6 +141,8 @@ def simulate(cfg: Config, seed=None, frame: Frame | None = None, forces="all",
             pm_factors=sim.pm_factors, frame=frame, forces=mask, kicks=sim.kicks,
             observers=[snaps, *observers],
         ).run(progress=progress)
+    if owned:
+        solver.release_particles()  # the final momenta take the place of its work arrays
     final = Snapshot(float(schedule.boundaries[-1]), stepper.x, stepper.momenta())
     if not (np.isfinite(final.positions).all() and np.isfinite(final.momenta).all()):
         raise FloatingPointError(

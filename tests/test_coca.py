@@ -202,8 +202,8 @@ def test_interval_kicks_add_up_to_the_whole_run(seed):
     mask = rng.random(n + 1) < 0.4
     mask[n] = seed < 4
     mask[int(rng.integers(0, n))] = True
-    q = np.zeros((8, 3))
-    lpt = LPTFields(q, np.zeros_like(q), np.zeros_like(q))
+    psi = np.zeros((8, 3))  # a 2³ lattice that does not move
+    lpt = LPTFields(psi, psi, box_size=8.0, n_mesh=2)
     cosmo = Cosmology.from_config(CFG.cosmology)
     f = np.array([1.0, -2.0, 0.5])
     s = Stepper(cosmo, lpt, sched, lambda x: np.ones_like(x) * f, 8.0, method="cola",

@@ -5,7 +5,7 @@ import pytest
 
 from cocasbi.cosmology import Cosmology
 from cocasbi.fft import wavenumbers
-from cocasbi.ic import lagrangian_grid, linear_field_modes, lpt_fields
+from cocasbi.ic import LPTFields, lagrangian_grid, linear_field_modes, lpt_fields
 
 L, N = 100.0, 32
 
@@ -103,6 +103,25 @@ def test_lattice_is_half_a_mesh_cell_off_the_nodes():
     cell = 80.0 / 16
     np.testing.assert_allclose(np.mod(q / cell, 1.0), 0.5)
     assert len(np.unique(q[:, 0])) == 8
+
+
+def test_lattice_is_computed_not_stored_with_the_same_bits():
+    """LPTFields keeps no lattice (24 B per particle): q is lagrangian_grid, and a field on the
+    lattice computed on the fly is array_equal to adding the stored lattice."""
+    c = Cosmology()
+    f = lpt_fields(linear_field_modes(N, L, c, 4), L, 3 * N)
+    q = lagrangian_grid(N, L, 3 * N)
+    np.testing.assert_array_equal(f.q, q)
+    assert {"psi1", "psi2", "box_size", "n_mesh"} == set(vars(f))
+    for a in (0.05, 0.7):
+        np.testing.assert_array_equal(f.combine(c.D1(a), c.D2(a), lattice=True),
+                                      f.combine(c.D1(a), c.D2(a), base=q))
+    np.testing.assert_array_equal(f.positions(c, 1.0),
+                                  np.mod(q + (c.D1(1.0) * f.psi1 + c.D2(1.0) * f.psi2), L))
+    with pytest.raises(ValueError, match="not both"):
+        f.combine(1.0, 1.0, base=q, lattice=True)
+    with pytest.raises(ValueError, match="psi2 has shape"):
+        LPTFields(f.psi1, f.psi2[:-1], L, 3 * N)
 
 
 @pytest.mark.parametrize("order", [1, 2])

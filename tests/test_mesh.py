@@ -140,6 +140,24 @@ def test_readout_in_mesh_order_or_particle_order_gives_the_same_bits():
     np.testing.assert_array_equal(start1, np.searchsorted(plane[order], np.arange(n + 1)))
 
 
+def test_released_particle_arrays_are_allocated_again_with_the_same_bits():
+    """release_particles (a finished run frees the cells before its final momenta) drops the
+    per-particle work arrays; the next evaluations, sorted and in particle order, allocate them
+    again and give the same bits."""
+    rng = np.random.default_rng(6)
+    n, box = 16, 32.0
+    pos = rng.uniform(0, box, (3000, 3))
+    solver = ForceSolver(n, box, OMEGA_M, threads=THREADS)
+    first = solver(pos)
+    cells = solver.cells.copy()
+    solver.release_particles()
+    assert solver.cells is None
+    np.testing.assert_array_equal(solver(pos), first)
+    solver.release_particles()
+    solver.force_field(pos)
+    np.testing.assert_array_equal(solver.cells, cells)
+
+
 def test_vector_readout_of_interleaved_nodes_gives_the_scalar_bits():
     """readout_nodes loads each z-pair of nodes as two 4-lane vectors (the 4th lane is the
     next value, or the padding after the mesh): its values equal the scalar readout of each

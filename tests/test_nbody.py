@@ -33,7 +33,7 @@ def _sheet_fields(n=8, box=32.0):
     psi1 = np.zeros_like(q)
     psi1[:, 0] = rng.normal(0, 1.0, len(q))
     psi1[:, 0] -= psi1[:, 0].mean()
-    return LPTFields(q=q, psi1=psi1, psi2=np.zeros_like(q))
+    return LPTFields(psi1=psi1, psi2=np.zeros_like(q), box_size=box, n_mesh=2 * n)
 
 
 @pytest.mark.parametrize("factors, tol", [("fastpm", 1e-12), ("standard", None)])
@@ -64,7 +64,7 @@ def _plane_wave(n, box, amp):
     q = lagrangian_grid(n, box, 2 * n)
     psi1 = np.zeros_like(q)
     psi1[:, 0] = amp * np.sin(2 * np.pi * q[:, 0] / box)
-    return LPTFields(q=q, psi1=psi1, psi2=np.zeros_like(q))
+    return LPTFields(psi1=psi1, psi2=np.zeros_like(q), box_size=box, n_mesh=2 * n)
 
 
 def test_fastpm_5_steps_agree_with_50_steps_under_the_mesh_force():
