@@ -105,22 +105,22 @@ def _combine(c1, psi1, c2, psi2, scale, base, n_lattice, spacing, offset, out):
     (N, 3) array ``base`` if it is not empty, else with ``n_lattice`` > 0 the lattice q of
     :func:`lagrangian_grid` computed on the fly (axis value j spacing + offset for particle
     (i n + j) n + k, the same float64 operations), else nothing."""
+    if n_lattice > 0:
+        n = n_lattice
+        for r in numba.prange(out.shape[0] // n):  # one (i, j) row of the lattice
+            qx = np.float64(r // n) * spacing + offset
+            qy = np.float64(r % n) * spacing + offset
+            for k in range(n):
+                i = r * n + k
+                q = (qx, qy, np.float64(k) * spacing + offset)
+                for c in range(3):
+                    out[i, c] = q[c] + scale * (c1 * psi1[i, c] + c2 * psi2[i, c])
+        return
     with_base = base.shape[0] > 0
-    row = n_lattice if n_lattice > 0 else 1
-    for r in numba.prange(out.shape[0] // row):
-        qx = np.float64(r // n_lattice) * spacing + offset if n_lattice > 0 else 0.0
-        qy = np.float64(r % n_lattice) * spacing + offset if n_lattice > 0 else 0.0
-        for k in range(row):
-            i = r * row + k
-            qz = np.float64(k) * spacing + offset
-            for c in range(3):
-                v = scale * (c1 * psi1[i, c] + c2 * psi2[i, c])
-                if with_base:
-                    out[i, c] = base[i, c] + v
-                elif n_lattice > 0:
-                    out[i, c] = (qx if c == 0 else qy if c == 1 else qz) + v
-                else:
-                    out[i, c] = v
+    for i in numba.prange(out.shape[0]):
+        for c in range(3):
+            v = scale * (c1 * psi1[i, c] + c2 * psi2[i, c])
+            out[i, c] = base[i, c] + v if with_base else v
 
 
 _NO_BASE = np.zeros((0, 3))
