@@ -1,10 +1,10 @@
 """NPE benchmarks: training time and sampling throughput vs training-set size, known-answer
-accuracy (C2ST, moments) vs training-set size, pipeline stage times, NPE vs Fisher widths.
+accuracy (C2ST, moments) vs training-set size, pipeline stage times (NPE against a Fisher
+forecast: experiments/fisher_npe.py).
 
     python experiments/bench_inference.py timing            # 1k, 5k, 20k simulations
     python experiments/bench_inference.py accuracy          # known answer vs n
     python experiments/bench_inference.py pipeline DIR      # stage times of a finished run
-    python experiments/bench_inference.py fisher DIR        # NPE widths vs Fisher forecast
     python experiments/bench_inference.py replot            # redraw the known-answer figure
 
 Numbers go to experiments/results/inference_bench_*.json, plots to docs/figures/inference_*.png.
@@ -142,43 +142,7 @@ def pipeline(directory):
                       "verdict": (s["diagnostics"] or {}).get("verdict")}, indent=1))
 
 
-def fisher(directory, radius=0.35):
-    """Fisher forecast at the truth from the campaign itself: a quadratic fit of x(θ) over the
-    runs within ``radius`` (in units of the prior width) of the truth gives dμ/dθ; the
-    residual covariance of that fit (Hartlap-corrected) gives C. σ_F = sqrt(diag F⁻¹)."""
-    from cocasbi.inference.data import training_set
-
-    directory = Path(directory)
-    s = json.loads((directory / "summary.json").read_text())
-    data = training_set(directory / "campaign" / "campaign.h5")
-    theta, x = data.theta.numpy().astype(np.float64), data.x.numpy().astype(np.float64)
-    params = list(data.parameters)
-    truth = np.array([s["posterior"]["parameters"][p]["truth"] for p in params])
-    u = (theta - truth) / data.prior.width
-    near = np.linalg.norm(u, axis=1) < radius
-    un, xn = u[near], x[near]
-    d = len(params)
-    cols = [np.ones(len(un))] + [un[:, i] for i in range(d)] + [
-        un[:, i] * un[:, j] for i in range(d) for j in range(i, d)]
-    design = np.stack(cols, axis=1)
-    coef, *_ = np.linalg.lstsq(design, xn, rcond=None)
-    resid = xn - design @ coef
-    n, m = resid.shape
-    cov = resid.T @ resid / (n - design.shape[1])
-    hartlap = (n - m - 2) / (n - 1)
-    jac = coef[1:1 + d].T / data.prior.width  # dμ/dθ (m, d)
-    fisher_m = hartlap * jac.T @ np.linalg.solve(cov, jac)
-    sigma_f = np.sqrt(np.diag(np.linalg.inv(fisher_m)))
-    out = {p: {"npe_std": s["posterior"]["parameters"][p]["std"], "fisher_std": float(sf),
-               "ratio": s["posterior"]["parameters"][p]["std"] / float(sf)}
-           for p, sf in zip(params, sigma_f, strict=True)}
-    out["n_runs_in_fit"] = int(near.sum())
-    print(json.dumps(out, indent=1))
-    (RESULTS / "inference_bench_fisher.json").write_text(json.dumps(out, indent=1))
-
-
 if __name__ == "__main__":
     what = sys.argv[1] if len(sys.argv) > 1 else "timing"
-    {"timing": timing, "accuracy": accuracy, "pipeline": pipeline, "fisher": fisher,
-     "replot": replot}[what](
+    {"timing": timing, "accuracy": accuracy, "pipeline": pipeline, "replot": replot}[what](
         *sys.argv[2:])

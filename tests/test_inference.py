@@ -234,6 +234,10 @@ def test_builtin_configs_load_and_unknown_keys_fail(tmp_path):
     assert tiny.estimator.model == "nsf" and tiny.estimator.embedding == "mlp"
     quick = load_inference_config("field_quick")
     assert quick.gaussian_field is not None
+    paper = load_inference_config("paper")  # the paper-size job: tiny's, on paper.yaml
+    assert paper.campaign["forward"] == {**tiny.campaign["forward"], "config": "paper"}
+    assert paper.estimator == tiny.estimator
+    assert paper.training == tiny.training.model_copy(update={"ensemble": 5})
     bad = tmp_path / "bad.yaml"
     bad.write_text("master_seed: 1\ngaussian_field: {}\nobservation: {theta: {A: 1}, "
                    "method: field}\nestimator: {model: nsf, hiden_features: 3}\n")
