@@ -39,7 +39,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from cocasbi.campaign.config import load_campaign_config
-from cocasbi.certify.fisher import hartlap_precision
+from cocasbi.certify.fisher import finite_difference_jacobian, hartlap_precision
 from cocasbi.certify.run import COVARIANCE_SEEDS, DERIVATIVE_SEEDS, certification_seeds
 from cocasbi.forward import ForwardModel
 from cocasbi.inference.checkpoint import load_checkpoint
@@ -147,24 +147,22 @@ def main(argv=None):
                      f"{args.ref_method}{args.ref_steps}.npz")
     if cache.is_file():  # the simulations of an earlier call with the same arguments
         with np.load(cache) as f:
-            x_cov, x_der, x_ref = f["x_cov"], f["x_der"], f["x_ref"] if args.n_ref else None
+            x_cov, jac, x_ref = f["x_cov"], f["jac"], f["x_ref"] if args.n_ref else None
             t_sim = float(f["seconds"])
     else:
         t0 = time.perf_counter()
         x_cov = simulate_all(campaign_yaml, [(truth, s) for s in cov_seeds], args.workers,
                              "covariance")
-        tasks = [(truth + sign * steps[i] * np.eye(len(names))[i], s)
-                 for i in range(len(names)) for sign in (1, -1) for s in der_seeds]
-        x_der = simulate_all(campaign_yaml, tasks, args.workers, "derivatives").reshape(
-            len(names), 2, args.n_der, -1)
+        jac = finite_difference_jacobian(
+            None, truth, steps, der_seeds,
+            run_all=lambda runs: simulate_all(campaign_yaml, runs, args.workers, "derivatives"))
         x_ref = None
         if args.n_ref:
             x_ref = simulate_all(campaign_yaml, [(truth, s) for s in cov_seeds[:args.n_ref]],
                                  args.workers, "reference", args.ref_method, args.ref_steps)
         t_sim = time.perf_counter() - t0
-        np.savez(cache, x_cov=x_cov, x_der=x_der, seconds=t_sim,
+        np.savez(cache, x_cov=x_cov, jac=jac, seconds=t_sim,
                  **({"x_ref": x_ref} if x_ref is not None else {}))
-    jac = ((x_der[:, 0] - x_der[:, 1]).mean(axis=1) / (2 * steps[:, None])).T  # (p, d)
     precision = hartlap_precision(x_cov)
     fisher = jac.T @ precision @ jac
     cov_theta = np.linalg.inv(fisher)

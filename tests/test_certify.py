@@ -137,6 +137,11 @@ def test_fisher_bias_recovers_a_known_shift_in_a_linear_gaussian_model():
     seeds = [stream_seed(0, Stream.CERTIFY, j) for j in range(200)]
     jac = finite_difference_jacobian(model, theta0, [0.01, 0.02], seeds[:3])
     np.testing.assert_allclose(jac, a, atol=1e-9)  # common seeds: the noise cancels exactly
+    runs = []
+    pooled = finite_difference_jacobian(  # the runs handed over in one list, in order
+        None, theta0, [0.01, 0.02], seeds[:3],
+        run_all=lambda batch: runs.extend(batch) or [model(t, s) for t, s in batch])
+    assert np.array_equal(pooled, jac) and len(runs) == 2 * 2 * 3
     precision = hartlap_precision(sample_summaries(model, theta0, seeds))
     delta = np.array([0.004, -0.01])
     out = fisher_bias(jac, precision, a @ delta)

@@ -60,30 +60,28 @@ def fisher_bias(jacobian, precision, delta_x) -> dict[str, np.ndarray]:
     return {"bias": bias, "sigma": sigma, "bias_sigma": bias / sigma, "fisher": fisher}
 
 
-def finite_difference_jacobian(model: Callable, theta0, steps, seeds: Sequence,
-                               progress: bool = False) -> np.ndarray:
+def finite_difference_jacobian(model: Callable | None, theta0, steps, seeds: Sequence,
+                               progress: bool = False,
+                               run_all: Callable | None = None) -> np.ndarray:
     """(p, d) central differences of ``model(theta, seed) -> x`` at θ0, averaged over seeds.
 
     The same seeds are used on both sides of each difference, so cosmic variance largely
-    cancels. ``steps`` (d,) are the θ offsets.
+    cancels. ``steps`` (d,) are the θ offsets. ``run_all``: a callable that maps the list of
+    (θ, seed) runs to their summaries, in order (e.g. on a process pool); by default
+    ``model`` is called on each in turn (then ``model`` may be None).
     """
     theta0 = np.asarray(theta0, dtype=np.float64)
     steps = np.broadcast_to(np.asarray(steps, dtype=np.float64), theta0.shape)
-    columns = []
-    bar = tqdm(total=2 * theta0.size * len(seeds), desc="derivatives", unit="run",
-               disable=not progress)
-    for i in range(theta0.size):
-        e = np.zeros_like(theta0)
-        e[i] = steps[i]
-        diffs = []
-        for seed in seeds:
-            plus = np.asarray(model(theta0 + e, seed), dtype=np.float64)
-            minus = np.asarray(model(theta0 - e, seed), dtype=np.float64)
-            bar.update(2)
-            diffs.append((plus - minus) / (2 * steps[i]))
-        columns.append(np.mean(diffs, axis=0))
-    bar.close()
-    return np.stack(columns, axis=1)
+    runs = [(theta0 + sign * steps[i] * np.eye(theta0.size)[i], seed)
+            for i in range(theta0.size) for sign in (1, -1) for seed in seeds]
+    if run_all is None:
+        runs = tqdm(runs, desc="derivatives", unit="run", disable=not progress)
+        x = [model(theta, seed) for theta, seed in runs]
+    else:
+        x = run_all(runs)
+    x = np.asarray(x, dtype=np.float64).reshape(theta0.size, 2, len(seeds), -1)
+    diffs = (x[:, 0] - x[:, 1]) / (2 * steps[:, None, None])
+    return np.stack([np.mean(d, axis=0) for d in diffs], axis=1)
 
 
 def sample_summaries(model: Callable, theta, seeds: Sequence, progress: bool = False):
