@@ -2,6 +2,7 @@
 
     python experiments/fisher_npe.py DIR [DIR ...] [--n-cov 300] [--n-der 8] [--step 0.05]
                                      [--n-ref 60 --ref-method pm --ref-steps 40]
+                                     [--learning-curve 350,700]
 
 DIR is a finished ``cocasbi infer pipeline`` directory of a campaign job (the first one's
 campaign configuration defines the forward model; further DIRs, e.g. an ensemble trained on
@@ -23,7 +24,9 @@ not the model. With ``--n-ref``, the first ``n_ref`` of those seeds are also run
 reference method (the mock observation's, e.g. PM with 40 steps): the mean paired shift of
 the NPE means, reference − trained model, in posterior σ, is the bias that the trained
 model's error puts into a posterior of reference-like data. Simulations run on ``--workers``
-processes of one thread each. Numbers go to experiments/results/fisher_npe_<job name>.json.
+processes of one thread each. ``--learning-curve`` retrains the first DIR's estimator (one
+network) on the first n of its training runs and measures it the same way. Numbers go to
+experiments/results/fisher_npe_<job name>.json.
 """
 
 from __future__ import annotations
@@ -42,7 +45,10 @@ from cocasbi.campaign.config import load_campaign_config
 from cocasbi.certify.fisher import finite_difference_jacobian, hartlap_precision
 from cocasbi.certify.run import COVARIANCE_SEEDS, DERIVATIVE_SEEDS, certification_seeds
 from cocasbi.forward import ForwardModel
-from cocasbi.inference.checkpoint import load_checkpoint
+from cocasbi.inference.checkpoint import Checkpoint, load_checkpoint
+from cocasbi.inference.data import training_set
+from cocasbi.inference.estimator import train_estimators
+from cocasbi.inference.pipeline import split_held_out
 from cocasbi.inference.posterior import sample_posterior
 from cocasbi.threads import configure_process
 
@@ -117,6 +123,29 @@ def npe_at_truth(posterior, x_sets, truth, master_seed: int, n_samples: int,
             "mean_correlation": float(np.mean(corrs)) if corrs else None}
 
 
+def learning_curve(directory: Path, n_test: int, sizes, x_sets, truth, master_seed: int,
+                   n_samples: int, sigma_boxed) -> dict:
+    """One network trained, as the job trains it, on the first n training runs, per n."""
+    ckpt = load_checkpoint(directory / "estimator.pt")
+    train, _ = split_held_out(training_set(directory / "campaign" / "campaign.h5"), n_test, 2)
+    training = ckpt.training.model_copy(update={"ensemble": 1})
+    out = {}
+    for n in sizes:
+        t0 = time.perf_counter()
+        members = train_estimators(train.subset(np.arange(n)), ckpt.estimator, training,
+                                   master_seed, progress=False)
+        seconds = time.perf_counter() - t0
+        posterior = Checkpoint(ckpt.estimator, training, ckpt.prior, ckpt.names, ckpt.k,
+                               members, {}).posterior()
+        res = npe_at_truth(posterior, x_sets, truth, master_seed, n_samples, f"n = {n}")
+        res.pop("means")
+        res["ratio_to_fisher_in_prior_scattered_centre"] = (np.array(res["mean_std"])
+                                                            / sigma_boxed).tolist()
+        res["epochs"], res["train_s"] = members[0].summary["epochs"], round(seconds, 1)
+        out[str(n)] = res
+    return out
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("dirs", nargs="+", type=Path)
@@ -128,6 +157,7 @@ def main(argv=None):
     ap.add_argument("--n-ref", type=int, default=0, help="seeds also run with the reference")
     ap.add_argument("--ref-method", default="pm")
     ap.add_argument("--ref-steps", type=int, default=40)
+    ap.add_argument("--learning-curve", default="", help="training-set sizes, e.g. 350,700")
     args = ap.parse_args(argv)
 
     first = args.dirs[0]
@@ -209,6 +239,10 @@ def main(argv=None):
         res["ratio_to_fisher_in_prior_scattered_centre"] = (np.array(res["mean_std"])
                                                             / boxed_avg).tolist()
         out["npe"][str(directory)] = res
+    if args.learning_curve:
+        out["learning_curve"] = learning_curve(
+            first, summary["n_test"], [int(n) for n in args.learning_curve.split(",")], x_cov,
+            truth, master, args.n_samples, boxed_avg)
     print(json.dumps(out, indent=1))
     (RESULTS / f"fisher_npe_{summary['name']}.json").write_text(json.dumps(out, indent=1))
     if len(names) == 2:
