@@ -26,7 +26,8 @@ the NPE means, reference − trained model, in posterior σ, is the bias that th
 model's error puts into a posterior of reference-like data. Simulations run on ``--workers``
 processes of one thread each. ``--learning-curve`` retrains the first DIR's estimator (one
 network) on the first n of its training runs and measures it the same way. Numbers go to
-experiments/results/fisher_npe_<job name>.json.
+experiments/results/fisher_npe_<tag>.json and the figure to docs/figures/fisher_npe_<tag>.png
+(tag: ``--tag``, default the job's name).
 """
 
 from __future__ import annotations
@@ -158,6 +159,7 @@ def main(argv=None):
     ap.add_argument("--ref-method", default="pm")
     ap.add_argument("--ref-steps", type=int, default=40)
     ap.add_argument("--learning-curve", default="", help="training-set sizes, e.g. 350,700")
+    ap.add_argument("--tag", default=None, help="name of the outputs (default: the job's)")
     args = ap.parse_args(argv)
 
     first = args.dirs[0]
@@ -244,9 +246,10 @@ def main(argv=None):
             first, summary["n_test"], [int(n) for n in args.learning_curve.split(",")], x_cov,
             truth, master, args.n_samples, boxed_avg)
     print(json.dumps(out, indent=1))
-    (RESULTS / f"fisher_npe_{summary['name']}.json").write_text(json.dumps(out, indent=1))
+    tag = args.tag or summary["name"]
+    (RESULTS / f"fisher_npe_{tag}.json").write_text(json.dumps(out, indent=1))
     if len(names) == 2:
-        plot(FIGURES / f"fisher_npe_{summary['name']}.png", names, truth, cov_theta, low, high,
+        plot(FIGURES / f"fisher_npe_{tag}.png", names, truth, cov_theta, low, high,
              sigma_f, boxed_avg, npe_means)
 
 
