@@ -116,19 +116,26 @@ def test_bad_pipeline_inputs_are_one_line_errors(tmp_path):
     assert res.exit_code == 2 and "only 10 usable training simulations" in res.output
 
 
-@pytest.mark.slow
-def test_campaign_pipeline_miniature(tmp_path):
-    """COLA campaign on tiny.yaml (80 runs), NPE, PM mock, diagnostics (a few minutes)."""
+def _miniature_tiny_job(tmp_path, n_simulations, n_test, max_epochs, n_posterior, **extra):
+    """The built-in tiny job shrunk to a few minutes, one worker, as a YAML file in tmp_path;
+    returns the file and the configuration."""
     from cocasbi.inference.config import load_inference_config
 
     tiny = load_inference_config("tiny").model_dump(mode="json")
-    tiny["campaign"]["n_simulations"] = 80
+    tiny["campaign"]["n_simulations"] = n_simulations
     tiny["campaign"]["execution"] = {"workers": 1, "threads_per_worker": 1, "timeout": 120}
-    tiny.update(n_test=20, n_samples=1000, directory=str(tmp_path / "out"))
-    tiny["training"].update(max_epochs=50, min_simulations=20)
-    tiny["diagnostics"]["n_posterior_samples"] = 100
+    tiny.update(n_test=n_test, n_samples=1000, directory=str(tmp_path / "out"), **extra)
+    tiny["training"].update(max_epochs=max_epochs, min_simulations=20)
+    tiny["diagnostics"]["n_posterior_samples"] = n_posterior
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump(tiny))
+    return path, tiny
+
+
+@pytest.mark.slow
+def test_campaign_pipeline_miniature(tmp_path):
+    """COLA campaign on tiny.yaml (80 runs), NPE, PM mock, diagnostics (a few minutes)."""
+    path, _ = _miniature_tiny_job(tmp_path, 80, 20, 50, 100)
     res = _invoke("pipeline", path, "--no-progress")
     assert res.exit_code == 0, res.output
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
@@ -168,18 +175,10 @@ def test_sequential_rounds_through_a_campaign(tmp_path):
     """Round 2 of a COLA campaign pipeline plans its own campaign at posterior draws given x_o,
     inside the prior; a job stopped before the estimator was saved resumes that campaign
     instead of simulating again, and ends with the same posterior."""
-    from cocasbi.inference.config import load_inference_config
     from cocasbi.inference.data import training_set
 
-    tiny = load_inference_config("tiny").model_dump(mode="json")
-    tiny["campaign"]["n_simulations"] = 60
-    tiny["campaign"]["execution"] = {"workers": 1, "threads_per_worker": 1, "timeout": 120}
-    tiny.update(n_test=10, n_samples=1000, directory=str(tmp_path / "out"))
-    tiny["training"].update(max_epochs=30, min_simulations=20)
-    tiny["diagnostics"]["n_posterior_samples"] = 50
-    tiny["sequential"] = {"rounds": 2, "simulations_per_round": 20}
-    path = tmp_path / "seq.yaml"
-    path.write_text(yaml.safe_dump(tiny))
+    path, tiny = _miniature_tiny_job(tmp_path, 60, 10, 30, 50,
+                                     sequential={"rounds": 2, "simulations_per_round": 20})
     out = tmp_path / "out"
     first = _invoke("pipeline", path, "--no-progress")
     assert first.exit_code == 0, first.output
