@@ -2,7 +2,7 @@
 
     python experiments/fisher_npe.py DIR [DIR ...] [--n-cov 300] [--n-der 8] [--step 0.05]
                                      [--n-ref 60 --ref-method pm --ref-steps 40]
-                                     [--learning-curve 350,700]
+                                     [--learning-curve 350,700] [--theta 0.25,0.75 --tag T]
 
 DIR is a finished ``cocasbi infer pipeline`` directory of a campaign job (the first one's
 campaign configuration defines the forward model; further DIRs, e.g. an ensemble trained on
@@ -163,6 +163,8 @@ def main(argv=None):
     ap.add_argument("--ref-steps", type=int, default=40)
     ap.add_argument("--learning-curve", default="", help="training-set sizes, e.g. 350,700")
     ap.add_argument("--tag", default=None, help="name of the outputs (default: the job's)")
+    ap.add_argument("--theta", default="", help="measure at this θ, e.g. 0.25,0.75, instead "
+                    "of the mock's truth")
     args = ap.parse_args(argv)
 
     first = args.dirs[0]
@@ -173,13 +175,16 @@ def main(argv=None):
     low = np.array([ccfg.prior[p][0] for p in names], dtype=np.float64)
     high = np.array([ccfg.prior[p][1] for p in names], dtype=np.float64)
     truth = np.array([summary["posterior"]["parameters"][p]["truth"] for p in names])
+    if args.theta:  # another point of the prior instead of the mock's truth
+        truth = np.array([float(v) for v in args.theta.split(",")])
     master = int(ccfg.master_seed)
 
     cov_seeds = certification_seeds(master, args.n_cov, COVARIANCE_SEEDS)
     steps = args.step * (high - low)
     der_seeds = certification_seeds(master, args.n_der, DERIVATIVE_SEEDS)
+    at = f"_at_{args.theta}" if args.theta else ""
     cache = first / (f"fisher_npe_sims_{args.n_cov}_{args.n_der}_{args.step:g}_{args.n_ref}_"
-                     f"{args.ref_method}{args.ref_steps}.npz")
+                     f"{args.ref_method}{args.ref_steps}{at}.npz")
     if cache.is_file():  # the simulations of an earlier call with the same arguments
         with np.load(cache) as f:
             x_cov, jac, x_ref = f["x_cov"], f["jac"], f["x_ref"] if args.n_ref else None
