@@ -50,6 +50,7 @@ from cocasbi.forward import ForwardModel
 from cocasbi.inference.checkpoint import Checkpoint, load_checkpoint
 from cocasbi.inference.data import training_set
 from cocasbi.inference.estimator import train_estimators
+from cocasbi.inference.observation import reference_model
 from cocasbi.inference.pipeline import split_held_out
 from cocasbi.inference.posterior import sample_posterior
 from cocasbi.threads import configure_process
@@ -61,14 +62,12 @@ _MODEL = None
 
 def forward_model(campaign_yaml: str, method: str | None = None,
                   n_steps: int | None = None) -> ForwardModel:
-    """The campaign's forward model, or the same with another method and step count."""
+    """The campaign's forward model, or its reference run (another method and step count),
+    one thread per simulation."""
     spec = load_campaign_config(campaign_yaml).forward
     if method is None:
         return ForwardModel.from_spec(spec, threads=1)
-    config = spec.simulation_config().replace(simulation={"n_steps": n_steps})
-    return ForwardModel(config, method=method, parameters=spec.parameters,
-                        summaries=spec.summaries, kmin=spec.kmin, kmax=spec.kmax, dk=spec.dk,
-                        threads=1)
+    return reference_model(spec, method, n_steps, threads=1)
 
 
 def _start_worker(campaign_yaml: str, method, n_steps) -> None:
@@ -248,7 +247,7 @@ def main(argv=None):
         res["observation"] = {p: {k: job["posterior"]["parameters"][p][k]
                                   for k in ("mean", "std", "truth_percentile")} for p in names}
         res["n_train"] = job["n_train"]
-        res["ensemble"] = len(job["training"])
+        res["ensemble"] = members
         res["ratio_to_fisher_in_prior"] = (np.array(res["mean_std"]) / boxed_std).tolist()
         res["ratio_to_fisher_in_prior_scattered_centre"] = (np.array(res["mean_std"])
                                                             / boxed_avg).tolist()
@@ -273,6 +272,8 @@ def plot(path, names, truth, cov_theta, low, high, sigma_f, sigma_boxed, npe):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.patches import Ellipse, Rectangle
+
+    from cocasbi.io.atomic import save_figure
 
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(10, 4.3))
     vals, vecs = np.linalg.eigh(cov_theta)
@@ -300,8 +301,7 @@ def plot(path, names, truth, cov_theta, low, high, sigma_f, sigma_boxed, npe):
     bx.set_ylabel("posterior standard deviation")
     bx.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ from cocasbi.inference.observation import (
     Observation,
     load_observation,
     mock_observation,
+    reference_model,
     save_observation,
 )
 from cocasbi.inference.posterior import sample_posterior, summarize
@@ -225,6 +226,18 @@ def test_posterior_summary_percentiles():
     summ = summarize(s, ("a", "b"), truth=[0.0, 1.0])
     np.testing.assert_allclose(summ.truth_percentile, [50.0, 84.13], atol=0.5)
     np.testing.assert_allclose(summ.intervals[0.68][0], [-0.994, 0.994], atol=0.03)
+
+
+def test_reference_model_is_the_campaign_model_with_another_method_steps_and_threads():
+    from cocasbi.forward import ForwardSpec
+
+    spec = ForwardSpec(config="tiny", method="cola", kmax=0.8)
+    ref = reference_model(spec, n_steps=40, threads=1)
+    sim = ref.config.simulation
+    assert (sim.method, sim.n_steps, sim.threads) == ("pm", 40, 1)
+    assert ref.kmax == 0.8 and ref.parameters == spec.parameters
+    default = reference_model(spec).config.simulation
+    assert (default.n_steps, default.threads) == (10, spec.simulation_config().simulation.threads)
 
 
 # ----------------------------------------------------------------------- configuration

@@ -117,13 +117,16 @@ def mock_observation(model, theta, master_seed: int, index: int = 0, prior=None
                        tuple(model.parameters), theta, prov)
 
 
-def reference_model(spec, method: str = "pm", n_steps: int | None = None):
+def reference_model(spec, method: str = "pm", n_steps: int | None = None,
+                    threads: int | None = None):
     """The campaign's forward model (a ``ForwardSpec``) as a reference run: ``method`` (PM by
-    default, no frame) with ``n_steps`` time steps (default: the campaign's)."""
+    default, no frame) with ``n_steps`` time steps (default: the campaign's) and ``threads``
+    per simulation (default: the simulation config's)."""
     from cocasbi.forward import ForwardModel
 
     config = spec.simulation_config()
     if n_steps is not None:
         config = config.replace(simulation={"n_steps": int(n_steps)})
     return ForwardModel(config, method=method, forces="all", parameters=spec.parameters,
-                        summaries=spec.summaries, kmin=spec.kmin, kmax=spec.kmax, dk=spec.dk)
+                        summaries=spec.summaries, kmin=spec.kmin, kmax=spec.kmax, dk=spec.dk,
+                        threads=threads)
